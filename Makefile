@@ -1,0 +1,47 @@
+# Every target sets itself up from nothing: a virtual environment with torch
+# pinned first (a CPU build where one lies on disk), then the package.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+WHEELS := $(wildcard /opt/wheels)
+PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all demo bench bench-quick lint format clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[hf,trl,bench,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/paretoopt demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/paretoopt bench
+
+bench-quick: $(STAMP)
+	$(VENV)/bin/paretoopt bench --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check paretoopt integrations tests bench
+	$(VENV)/bin/ruff format --check paretoopt integrations tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format paretoopt integrations tests bench
+	$(VENV)/bin/ruff check --fix paretoopt integrations tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks
