@@ -1,1 +1,72 @@
-"""paretoopt."""
+"""paretoopt: train one model against several objectives without sacrificing any of them.
+
+PAMA (He & Maghsudi, ECML-PKDD 2025, arXiv 2508.07768) beside MGDA, MGDA-UB and linear
+scalarization, behind one interface::
+
+    from paretoopt import PAMA
+    result = PAMA()(losses, shared=z)
+    result.loss.backward()
+"""
+
+from . import functional, losses, pareto
+from .combiners import (
+    NORMALIZATIONS,
+    PAMA,
+    CombineResult,
+    Combiner,
+    LinearScalarization,
+    MGDA,
+    make_combiner,
+)
+from .functional import (
+    GRANULARITIES,
+    MIN_NORM_METHODS,
+    MinNormResult,
+    gram_matrix,
+    kkt_residual,
+    min_norm_weights,
+    noon_clip,
+    pama_advantages,
+    pama_closed_form,
+    pama_stats,
+    project_simplex,
+)
+from .losses import pama_ppo_loss, ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
+from .pareto import dominates, hypervolume, pareto_front, pareto_mask, pareto_stationarity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRANULARITIES",
+    "MGDA",
+    "MIN_NORM_METHODS",
+    "NORMALIZATIONS",
+    "PAMA",
+    "CombineResult",
+    "Combiner",
+    "LinearScalarization",
+    "MinNormResult",
+    "__version__",
+    "dominates",
+    "functional",
+    "gram_matrix",
+    "hypervolume",
+    "kkt_residual",
+    "losses",
+    "make_combiner",
+    "min_norm_weights",
+    "noon_clip",
+    "pama_advantages",
+    "pama_closed_form",
+    "pama_ppo_loss",
+    "pama_stats",
+    "pareto",
+    "pareto_front",
+    "pareto_mask",
+    "pareto_stationarity",
+    "ppo_losses",
+    "ppo_losses_from_ratio",
+    "ppo_surrogate",
+    "project_simplex",
+    "ratio",
+]

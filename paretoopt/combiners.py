@@ -1,0 +1,390 @@
+"""Combiners: turn n scalar losses into one loss to backpropagate, behind one interface.
+
+>>> combiner = PAMA()                       # or MGDA(mode="params"), MGDA(mode="shared"),
+>>> result = combiner(losses, shared=z)     #    LinearScalarization([0.5, 0.5])
+>>> result.loss.backward()                  # one backward, whatever the combiner
+>>> result.weights, result.stats            # for logging
+
+Each combiner declares the extra input it needs in ``requires`` (``"shared"``: a tensor all
+losses depend on; ``"params"``: the shared parameters; ``None``). A combiner never mutates
+its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from ._validation import check_finite, check_losses
+from .functional import (
+    GRANULARITIES,
+    MIN_NORM_METHODS,
+    Granularity,
+    MinNormMethod,
+    gram_matrix,
+    min_norm_weights,
+    pama_closed_form,
+)
+
+Normalization = Literal["none", "l2", "loss", "loss+"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
+
+__all__ = [
+    "NORMALIZATIONS",
+    "PAMA",
+    "CombineResult",
+    "Combiner",
+    "LinearScalarization",
+    "MGDA",
+    "make_combiner",
+]
+
+
+@dataclass
+class CombineResult:
+    """What every combiner returns.
+
+    Attributes:
+        loss: scalar tensor; call ``.backward()`` on it once. Its value is
+            :math:`\\sum_i w_i L_i` with the (mean) weights below.
+        weights: ``[n]`` float64, the weight given to each objective (for PAMA the mean of
+            the per-element weights). On the simplex for PAMA and MGDA.
+        stats: scalar diagnostics for logging (min-norm value, conflict rate, ...).
+        element_weights: PAMA only: the per-element weights ``[n, *shared.shape]``.
+    """
+
+    loss: Tensor
+    weights: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+    element_weights: Tensor | None = None
+
+
+def _with_value(surrogate: Tensor, value: Tensor) -> Tensor:
+    # The surrogate carries the gradient, ``value`` the number a user expects to log.
+    return surrogate - surrogate.detach() + value.detach().to(surrogate.dtype)
+
+
+def _check_shared(shared: Any, name: str) -> Tensor:
+    if shared is None:
+        raise TypeError(
+            f"{name} needs shared=<tensor>: a tensor that every loss depends on "
+            "(e.g. the per-token ratio u[B, T] or the last hidden states)"
+        )
+    if not isinstance(shared, Tensor):
+        raise TypeError(f"{name}: shared must be a torch.Tensor, got {type(shared).__name__}")
+    if not shared.requires_grad:
+        raise ValueError(
+            f"{name}: the shared tensor (shape {tuple(shared.shape)}) does not require grad, so "
+            "no gradient can flow through it"
+        )
+    if shared.numel() == 0:
+        raise ValueError(f"{name}: the shared tensor is empty (shape {tuple(shared.shape)})")
+    return shared
+
+
+def _grads_wrt(losses: list[Tensor], target: Tensor, what: str) -> Tensor:
+    """n vector-Jacobian products that stop at ``target``: ``[n, *target.shape]``."""
+    grads = []
+    for i, loss in enumerate(losses):
+        (g,) = torch.autograd.grad(loss, target, retain_graph=True, allow_unused=True)
+        if g is None:
+            raise ValueError(f"loss of objective {i} does not depend on the {what}")
+        grads.append(g)
+    stacked = torch.stack(grads)
+    check_finite(stacked, f"gradient w.r.t. the {what}", objective_dim=0)
+    return stacked
+
+
+class Combiner(ABC):
+    """Base class: validates the losses and the declared extra input, then combines."""
+
+    requires: ClassVar[str | None] = None
+    name: ClassVar[str] = "combiner"
+
+    def __call__(
+        self,
+        losses: Sequence[Tensor] | Tensor,
+        *,
+        shared: Tensor | None = None,
+        params: Iterable[Tensor] | None = None,
+    ) -> CombineResult:
+        items = check_losses(losses)
+        return self._combine(items, shared=shared, params=params)
+
+    @abstractmethod
+    def _combine(
+        self, losses: list[Tensor], *, shared: Tensor | None, params: Iterable[Tensor] | None
+    ) -> CombineResult: ...
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._hparams().items())
+        return f"{type(self).__name__}({args})"
+
+    def _hparams(self) -> dict[str, Any]:
+        return {}
+
+
+class LinearScalarization(Combiner):
+    r"""Fixed weights: :math:`\sum_i w_i L_i` (MORLHF when the losses are RLHF objectives).
+
+    Args:
+        weights: non-negative finite weights, one per objective; ``None`` means uniform
+            :math:`1/n`. They are used as given (not renormalised).
+    """
+
+    name = "linear"
+
+    def __init__(self, weights: Sequence[float] | Tensor | None = None) -> None:
+        if weights is None:
+            self.weights: tuple[float, ...] | None = None
+            return
+        w = [float(x) for x in (weights.tolist() if isinstance(weights, Tensor) else weights)]
+        if not w:
+            raise ValueError("weights is empty: give one weight per objective or None")
+        for i, x in enumerate(w):
+            if not math.isfinite(x) or x < 0:
+                raise ValueError(f"weight of objective {i} must be finite and >= 0, got {x}")
+        if sum(w) == 0:
+            raise ValueError("weights are all zero: the combined loss would be constant")
+        self.weights = tuple(w)
+
+    def _hparams(self) -> dict[str, Any]:
+        return {"weights": list(self.weights) if self.weights is not None else None}
+
+    def _combine(self, losses, *, shared, params):  # type: ignore[override]
+        n = len(losses)
+        if self.weights is None:
+            w = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        else:
+            if len(self.weights) != n:
+                raise ValueError(
+                    f"LinearScalarization has {len(self.weights)} weights but got {n} losses"
+                )
+            w = torch.tensor(self.weights, dtype=torch.float64)
+        loss = sum(float(w[i]) * losses[i] for i in range(n))
+        assert isinstance(loss, Tensor)
+        return CombineResult(loss=loss, weights=w, stats={})
+
+
+class PAMA(Combiner):
+    r"""Pareto Multi-Objective Alignment (He & Maghsudi 2025, arXiv 2508.07768), generic form.
+
+    Given n losses and a shared tensor ``z`` that all of them depend on, PAMA takes the n
+    gradients :math:`G_i = \partial L_i / \partial z` (vector-Jacobian products that stop at
+    ``z``), solves the closed form of Theorem 1 per element of ``z``
+    (:math:`s^*_e = \mathrm{relu}(\min_i G_{ie}) - \mathrm{relu}(-\max_i G_{ie})`) and
+    backpropagates ``z`` with the gradient ``s*``: one backward through the model.
+
+    For Noon PPO losses and ``z`` the per-token ratio this is exactly PAMA's update
+    (see :func:`paretoopt.losses.pama_ppo_loss` for the advantage fast path). Only
+    parameters reached through ``z`` receive gradients; add other terms (value loss, KL) to
+    ``result.loss`` yourself.
+
+    Args:
+        granularity: ``"token"``: closed form per element of ``z``; ``"sample"``: one weight
+            vector per index of ``z``'s first dimension, from the closed form on each
+            objective's summed gradient over that sample; ``"batch"``: one weight vector for
+            all of ``z``.
+    """
+
+    requires = "shared"
+    name = "pama"
+
+    def __init__(self, granularity: Granularity = "token") -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        self.granularity = granularity
+
+    def _hparams(self) -> dict[str, Any]:
+        return {"granularity": self.granularity}
+
+    def _combine(self, losses, *, shared, params):  # type: ignore[override]
+        z = _check_shared(shared, "PAMA")
+        g = _grads_wrt(losses, z, "shared tensor")  # [n, *z.shape]
+        n = g.shape[0]
+        if self.granularity == "token" or z.dim() == 0:
+            s_star, w = pama_closed_form(g, dim=0)
+            direction = s_star
+        else:
+            flat = g.reshape(n, -1) if self.granularity == "batch" else g.reshape(n, z.shape[0], -1)
+            summary = flat.sum(-1)  # [n] or [n, B]
+            _, wsum = pama_closed_form(summary, dim=0)
+            w = wsum.reshape(wsum.shape + (1,) * (g.dim() - wsum.dim())).expand_as(g)
+            direction = (w * g.to(w.dtype)).sum(0).to(g.dtype)
+        mean_w = w.reshape(n, -1).double().mean(1)
+        surrogate = (z * direction.detach().to(z.dtype)).sum()
+        value = sum(float(mean_w[i]) * losses[i].detach() for i in range(n))
+        assert isinstance(value, Tensor)
+        conflict = (g.amin(0) < 0) & (g.amax(0) > 0)
+        stats = {
+            "min_norm": float(direction.double().pow(2).sum()),
+            "conflict_rate": float(conflict.double().mean()),
+        }
+        for i in range(n):
+            stats[f"weight/{i}"] = float(mean_w[i])
+        return CombineResult(
+            loss=_with_value(surrogate, value), weights=mean_w, stats=stats, element_weights=w
+        )
+
+
+class MGDA(Combiner):
+    r"""Multiple-gradient descent (Sener & Koltun 2018): the min-norm point of the convex hull
+    of the objectives' gradients.
+
+    Modes:
+
+    * ``"params"`` (exact MGDA): gradients over the shared parameters, n backward passes,
+      an O(n^2 d) Gram matrix and a min-norm solve. Needs ``params=``.
+    * ``"shared"`` (MGDA-UB): gradients w.r.t. a shared representation ``z`` (cheap VJPs),
+      which minimises an upper bound of the exact problem. Needs ``shared=``.
+
+    The Gram matrix is built and solved in float64 whatever the input dtype. Normalisations
+    (Sener & Koltun, section 3.3) divide gradient i by :math:`\nu_i`: ``"none"`` (1),
+    ``"l2"`` (:math:`\lVert g_i \rVert`), ``"loss"`` (:math:`L_i`), ``"loss+"``
+    (:math:`L_i \lVert g_i \rVert`). The update is the min-norm point of the normalised
+    gradients, :math:`\sum_i c_i g_i / \nu_i`; ``result.weights`` holds ``c`` (on the simplex)
+    and ``result.stats["loss_weight/i"]`` the effective :math:`c_i / \nu_i` applied to
+    :math:`L_i`.
+
+    Args:
+        mode: ``"params"`` or ``"shared"``.
+        normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
+        solver: ``"exact"`` (Wolfe's method), ``"frank_wolfe"`` or ``"projected_gradient"``.
+        tol, max_iter: passed to :func:`paretoopt.min_norm_weights`.
+    """
+
+    name = "mgda"
+
+    def __init__(
+        self,
+        mode: Literal["params", "shared"] = "params",
+        normalization: Normalization = "none",
+        solver: MinNormMethod = "exact",
+        tol: float | None = None,
+        max_iter: int | None = None,
+    ) -> None:
+        if mode not in ("params", "shared"):
+            raise ValueError(f"mode must be 'params' or 'shared', got {mode!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            )
+        if solver not in MIN_NORM_METHODS:
+            raise ValueError(f"solver must be one of {MIN_NORM_METHODS}, got {solver!r}")
+        if tol is not None and not (tol > 0):
+            raise ValueError(f"tol must be > 0, got {tol}")
+        if max_iter is not None and max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        self.mode = mode
+        self.normalization = normalization
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+
+    @property
+    def requires(self) -> str:  # type: ignore[override]
+        return self.mode
+
+    def _hparams(self) -> dict[str, Any]:
+        return {"mode": self.mode, "normalization": self.normalization, "solver": self.solver}
+
+    def jacobian(self, losses: list[Tensor], shared: Tensor | None, params: Any) -> Tensor:
+        """The ``[n, d]`` matrix of per-objective gradients this combiner works on."""
+        if self.mode == "shared":
+            z = _check_shared(shared, "MGDA(mode='shared')")
+            return _grads_wrt(losses, z, "shared tensor").reshape(len(losses), -1)
+        if params is None:
+            raise TypeError("MGDA(mode='params') needs params=<iterable of shared parameters>")
+        plist = [p for p in params]
+        if not plist:
+            raise ValueError("MGDA(mode='params'): params is empty")
+        for j, p in enumerate(plist):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"params[{j}] is {type(p).__name__}, not a Tensor")
+        plist = [p for p in plist if p.requires_grad]
+        if not plist:
+            raise ValueError("MGDA(mode='params'): no parameter in params requires grad")
+        rows = []
+        for i, loss in enumerate(losses):
+            grads = torch.autograd.grad(loss, plist, retain_graph=True, allow_unused=True)
+            if all(g is None for g in grads):
+                raise ValueError(f"loss of objective {i} does not depend on any of the params")
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).reshape(-1)
+                        for g, p in zip(grads, plist)
+                    ]
+                )
+            )
+        jac = torch.stack(rows)
+        check_finite(jac, "gradient w.r.t. the params", objective_dim=0)
+        return jac
+
+    def normalizers(self, losses: list[Tensor], gram: Tensor) -> Tensor:
+        """:math:`\\nu_i` of the chosen normalisation, float64 ``[n]``."""
+        n = len(losses)
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        if self.normalization == "none":
+            return torch.ones(n, dtype=torch.float64)
+        if self.normalization == "l2":
+            nu = norms
+        else:
+            lv = torch.stack([loss.detach().double().cpu() for loss in losses])
+            for i in range(n):
+                if lv[i] <= 0:
+                    raise ValueError(
+                        f"normalization={self.normalization!r} divides by the loss, but the loss "
+                        f"of objective {i} is {float(lv[i]):g} (must be > 0)"
+                    )
+            nu = lv if self.normalization == "loss" else lv * norms.cpu()
+        # A zero gradient stays zero whatever its normaliser; avoid 0/0.
+        return torch.where(nu > 0, nu.cpu(), torch.ones_like(nu.cpu()))
+
+    def _combine(self, losses, *, shared, params):  # type: ignore[override]
+        n = len(losses)
+        jac = self.jacobian(losses, shared, params)
+        gram = gram_matrix(jac).cpu()
+        nu = self.normalizers(losses, gram)
+        gram_n = gram / torch.outer(nu, nu)
+        sol = min_norm_weights(gram_n, method=self.solver, tol=self.tol, max_iter=self.max_iter)
+        alpha = sol.weights / nu  # effective weight on each raw loss
+        loss = sum(float(alpha[i]) * losses[i] for i in range(n))
+        assert isinstance(loss, Tensor)
+        # Directional derivatives g_i . d of the update d = sum_j alpha_j g_j: all >= 0 at the
+        # min-norm point (the update conflicts with no objective).
+        dirderiv = gram @ alpha
+        stats = {
+            "min_norm": sol.value,
+            "kkt_residual": sol.kkt_residual,
+            "solver_iterations": float(sol.iterations),
+            "min_directional_derivative": float(dirderiv.min()),
+        }
+        for i in range(n):
+            stats[f"weight/{i}"] = float(sol.weights[i])
+            stats[f"loss_weight/{i}"] = float(alpha[i])
+        return CombineResult(loss=loss, weights=sol.weights, stats=stats)
+
+
+_REGISTRY: dict[str, Any] = {
+    "pama": lambda **kw: PAMA(**kw),
+    "mgda": lambda **kw: MGDA(**{"mode": "params", **kw}),
+    "mgda_ub": lambda **kw: MGDA(**{"mode": "shared", **kw}),
+    "linear": lambda **kw: LinearScalarization(**kw),
+    "morlhf": lambda **kw: LinearScalarization(**{"weights": [0.5, 0.5], **kw}),
+}
+
+
+def make_combiner(name: str, **kwargs: Any) -> Combiner:
+    """Build a combiner by name: ``pama``, ``mgda`` (exact, over params), ``mgda_ub`` (over a
+    shared tensor), ``linear`` (uniform unless ``weights=``) or ``morlhf`` (0.5/0.5)."""
+    key = name.lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown combiner {name!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[key](**kwargs)
