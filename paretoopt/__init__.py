@@ -10,12 +10,12 @@ scalarization, behind one interface::
 
 from . import functional, losses, pareto
 from .combiners import (
+    MGDA,
     NORMALIZATIONS,
     PAMA,
-    CombineResult,
     Combiner,
+    CombineResult,
     LinearScalarization,
-    MGDA,
     make_combiner,
 )
 from .functional import (

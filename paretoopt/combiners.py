@@ -36,12 +36,12 @@ Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
 
 __all__ = [
+    "MGDA",
     "NORMALIZATIONS",
     "PAMA",
     "CombineResult",
     "Combiner",
     "LinearScalarization",
-    "MGDA",
     "make_combiner",
 ]
 
@@ -319,7 +319,7 @@ class MGDA(Combiner):
                 torch.cat(
                     [
                         (torch.zeros_like(p) if g is None else g).reshape(-1)
-                        for g, p in zip(grads, plist)
+                        for g, p in zip(grads, plist, strict=True)
                     ]
                 )
             )
