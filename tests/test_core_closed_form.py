@@ -1,0 +1,255 @@
+"""PAMA's closed form (Theorem 1) and the advantage fast path, against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from paretoopt import noon_clip, pama_advantages, pama_closed_form, pama_stats
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+# Include exact zeros and ties often: they are the interesting cases of the weight choice.
+coef = st.one_of(finite, st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5]))
+
+
+def coefs_strategy(max_n: int = 64):
+    return st.lists(coef, min_size=1, max_size=max_n).map(
+        lambda xs: torch.tensor(xs, dtype=torch.float64)
+    )
+
+
+def brute_force_min(a: np.ndarray) -> float:
+    """min over the simplex of (c . a)^2 by an independent QP (SLSQP from every vertex)."""
+    n = a.size
+    if n == 1:
+        return float(a[0] ** 2)
+    scale = max(float(np.abs(a).max()), 1e-300)
+    b = a / scale
+    best = np.inf
+    cons = ({"type": "eq", "fun": lambda c: c.sum() - 1.0, "jac": lambda c: np.ones_like(c)},)
+    starts = [np.full(n, 1.0 / n), np.eye(n)[int(np.argmin(np.abs(b)))]]
+    for x0 in starts:
+        res = minimize(
+            lambda c: float(c @ b) ** 2,
+            x0,
+            jac=lambda c: 2 * float(c @ b) * b,
+            bounds=[(0, 1)] * n,
+            constraints=cons,
+            method="SLSQP",
+            options={"ftol": 1e-16, "maxiter": 500},
+        )
+        c = np.clip(res.x, 0, None)
+        c /= c.sum()
+        best = min(best, float(c @ b) ** 2)
+    return best * scale**2
+
+
+@settings(max_examples=150)
+@given(coefs_strategy())
+def test_closed_form_matches_independent_qp(a: torch.Tensor) -> None:
+    s_star, w = pama_closed_form(a)
+    qp = brute_force_min(a.numpy())
+    scale = float(a.abs().max()) ** 2 + 1e-300
+    # The QP can only be as good as the exact optimum, never better.
+    assert float(s_star) ** 2 <= qp + 1e-9 * scale
+    assert qp <= float(s_star) ** 2 + 1e-6 * scale
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_closed_form_matches_dense_grid(n: int) -> None:
+    rng = np.random.default_rng(n)
+    grid = np.linspace(0, 1, 101)
+    for _ in range(50):
+        a = rng.normal(size=n) * rng.choice([1e-3, 1, 1e3])
+        if rng.random() < 0.3:
+            a[rng.integers(n)] = 0.0
+        s_star, _ = pama_closed_form(torch.tensor(a))
+        best = np.inf
+        for c in itertools.product(grid, repeat=n - 1):
+            if sum(c) <= 1:
+                full = np.array([*c, 1 - sum(c)])
+                best = min(best, float(full @ a) ** 2)
+        assert float(s_star) ** 2 <= best + 1e-12
+        # Grid resolution 0.01: the grid optimum is within 0.01 * spread of s*.
+        assert abs(np.sqrt(best) - abs(float(s_star))) <= 0.011 * (np.ptp(a) + 1e-12) + 1e-12
+
+
+@given(coefs_strategy())
+def test_weights_on_simplex_and_reproduce_s_star(a: torch.Tensor) -> None:
+    s_star, w = pama_closed_form(a)
+    assert w.dtype == torch.float64
+    assert bool((w >= 0).all())
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
+    scale = float(a.abs().max()) + 1e-300
+    assert float((w * a).sum()) == pytest.approx(float(s_star), abs=1e-12 * scale)
+
+
+@given(coefs_strategy())
+def test_three_cases_of_theorem_1(a: torch.Tensor) -> None:
+    s_star, _ = pama_closed_form(a)
+    if bool((a > 0).all()):
+        assert float(s_star) == float(a.min())
+    elif bool((a < 0).all()):
+        assert float(s_star) == float(a.max())
+    else:
+        assert float(s_star) == 0.0
+
+
+@given(coefs_strategy(), st.randoms(use_true_random=False))
+def test_permutation_invariance(a: torch.Tensor, rnd) -> None:
+    perm = list(range(a.numel()))
+    rnd.shuffle(perm)
+    p = torch.tensor(perm)
+    s1, w1 = pama_closed_form(a)
+    s2, w2 = pama_closed_form(a[p])
+    assert float(s1) == float(s2)
+    torch.testing.assert_close(w2, w1[p], rtol=0, atol=1e-12)
+
+
+@given(coefs_strategy(), st.floats(min_value=1e-6, max_value=1e6))
+def test_positive_scale_equivariance(a: torch.Tensor, k: float) -> None:
+    s1, w1 = pama_closed_form(a)
+    s2, w2 = pama_closed_form(a * k)
+    assert float(s2) == pytest.approx(k * float(s1), rel=1e-12, abs=1e-300)
+    torch.testing.assert_close(w2, w1, rtol=0, atol=1e-9)
+
+
+def test_vectorised_equals_elementwise_and_dim_argument() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 4, 7, generator=gen, dtype=torch.float64)
+    a[:, 0, 0] = a[:, 0, 0].abs() + 0.1  # all positive
+    a[:, 1, 1] = -a[:, 1, 1].abs() - 0.1  # all negative
+    a[2, 2, 2] = 0.0
+    s, w = pama_closed_form(a)
+    assert s.shape == (4, 7) and w.shape == a.shape
+    for b in range(4):
+        for t in range(7):
+            s1, w1 = pama_closed_form(a[:, b, t])
+            assert float(s[b, t]) == float(s1)
+            torch.testing.assert_close(w[:, b, t], w1)
+    s_last, w_last = pama_closed_form(a.movedim(0, -1), dim=-1)
+    torch.testing.assert_close(s_last, s)
+    torch.testing.assert_close(w_last.movedim(-1, 0), w)
+
+
+def test_documented_weight_choices() -> None:
+    s, w = pama_closed_form(torch.tensor([3.0, 1.0, 1.0, 2.0]))
+    assert float(s) == 1.0
+    torch.testing.assert_close(w, torch.tensor([0.0, 0.5, 0.5, 0.0]))
+    s, w = pama_closed_form(torch.tensor([-3.0, 0.0, 2.0, 0.0]))
+    assert float(s) == 0.0
+    torch.testing.assert_close(w, torch.tensor([0.0, 0.5, 0.0, 0.5]))
+    s, w = pama_closed_form(torch.tensor([-1.0, 3.0]))
+    assert float(s) == 0.0
+    torch.testing.assert_close(w, torch.tensor([0.75, 0.25]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_give_finite_correct_weights(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    a64 = (torch.randn(8, 64, generator=gen, dtype=torch.float64) * 100).to(dtype).double()
+    a = a64.to(dtype)
+    s, w = pama_closed_form(a)
+    s_ref, w_ref = pama_closed_form(a64)
+    assert s.dtype == dtype
+    assert w.dtype == torch.float32
+    assert bool(torch.isfinite(w).all())
+    torch.testing.assert_close(s.double(), s_ref)
+    torch.testing.assert_close(w.double(), w_ref, rtol=0, atol=1e-6)
+    # Weights that would overflow float16 arithmetic (spread beyond 65504) stay finite.
+    big = torch.tensor([-60000.0, 60000.0], dtype=torch.float16)
+    _, wb = pama_closed_form(big)
+    torch.testing.assert_close(wb, torch.tensor([0.5, 0.5]))
+
+
+# ---------------------------------------------------------------------------
+# pama_advantages
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.integers(0, 2**31 - 1),
+)
+def test_token_granularity_is_min_of_noon_advantages(n: int, b: int, t: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    adv = torch.randn(n, b, t, generator=gen, dtype=torch.float64)
+    mask = torch.rand(b, t, generator=gen) > 0.3
+    s = pama_advantages(adv, mask)
+    expected = noon_clip(adv).amin(0) * mask
+    torch.testing.assert_close(s, expected)
+    # Without Noon the closed form keeps negative agreement too.
+    s_raw = pama_advantages(adv, mask, noon=False)
+    exp_raw = (torch.relu(adv.amin(0)) - torch.relu(-adv.amax(0))) * mask
+    torch.testing.assert_close(s_raw, exp_raw)
+
+
+def test_sample_and_batch_granularity() -> None:
+    gen = torch.Generator().manual_seed(3)
+    adv = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    s, w = pama_advantages(adv, mask, granularity="sample", return_weights=True)
+    clipped = noon_clip(adv)
+    for b in range(4):
+        m = mask[b]
+        means = clipped[:, b][:, m].mean(1)
+        _, wb = pama_closed_form(means)
+        torch.testing.assert_close(w[:, b, 0], wb)
+        torch.testing.assert_close(s[b], (wb[:, None] * clipped[:, b]).sum(0) * m)
+    s, w = pama_advantages(adv, mask, granularity="batch", return_weights=True)
+    means = torch.stack([clipped[i][mask].mean() for i in range(3)])
+    _, wb = pama_closed_form(means)
+    torch.testing.assert_close(w[:, 0, 0], wb)
+    torch.testing.assert_close(s, (wb[:, None, None] * clipped).sum(0) * mask)
+    # Sequence-level advantages [n, B] (GRPO): the closed form per sample.
+    seq = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(pama_advantages(seq, granularity="sample"), noon_clip(seq).amin(0))
+
+
+def test_list_input_and_stats() -> None:
+    a = [torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, 3.0]])]
+    s = pama_advantages(a)
+    torch.testing.assert_close(s, torch.tensor([[1.0, 0.0]]))
+    stats = pama_stats(a)
+    assert stats["binding_rate/0"] == pytest.approx(0.5 + 0.5 * 1.0)  # token 2: only obj 0 is 0
+    assert stats["binding_rate/1"] == pytest.approx(0.0)
+    assert stats["conflict_rate"] == pytest.approx(0.5)
+    assert stats["zero_rate"] == pytest.approx(0.5)
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        pama_advantages([])
+    with pytest.raises(ValueError, match="objective 1 has shape"):
+        pama_advantages([torch.zeros(2, 3), torch.zeros(2, 4)])
+    bad = torch.zeros(3, 2, 2)
+    bad[2, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="objective 2 contains non-finite"):
+        pama_advantages(bad)
+    with pytest.raises(ValueError, match="mask has shape"):
+        pama_advantages(torch.zeros(2, 3, 4), torch.ones(3, 5))
+    with pytest.raises(ValueError, match="granularity"):
+        pama_advantages(torch.zeros(2, 3, 4), granularity="word")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\[n, B\]"):
+        pama_advantages(torch.zeros(3))
+    with pytest.raises(TypeError, match="not a Tensor"):
+        pama_advantages([torch.zeros(2), [1.0, 2.0]])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="objective 0 contains non-finite"):
+        pama_closed_form(torch.tensor([float("inf"), 1.0]))
+
+
+def test_single_objective_is_its_own_noon_advantage() -> None:
+    adv = torch.tensor([[[0.5, -2.0, 3.0]]])
+    torch.testing.assert_close(pama_advantages(adv), torch.tensor([[0.5, 0.0, 3.0]]))
+    s, w = pama_closed_form(torch.tensor([-4.0]))
+    assert float(s) == -4.0 and float(w) == 1.0
