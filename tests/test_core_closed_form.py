@@ -53,7 +53,7 @@ def brute_force_min(a: np.ndarray) -> float:
 @settings(max_examples=150)
 @given(coefs_strategy())
 def test_closed_form_matches_independent_qp(a: torch.Tensor) -> None:
-    s_star, w = pama_closed_form(a)
+    s_star, _ = pama_closed_form(a)
     qp = brute_force_min(a.numpy())
     scale = float(a.abs().max()) ** 2 + 1e-300
     # The QP can only be as good as the exact optimum, never better.

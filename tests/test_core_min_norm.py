@@ -223,9 +223,8 @@ def test_projection_is_on_simplex_idempotent_and_optimal(v: torch.Tensor) -> Non
     assert bool((p >= 0).all()) and float(p.sum()) == pytest.approx(1.0, abs=1e-9)
     torch.testing.assert_close(project_simplex(p), p, rtol=0, atol=1e-9)
     # Variational inequality of a projection onto a convex set: (v - p) . (q - p) <= 0.
-    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     q = torch.distributions.Dirichlet(torch.ones(v.numel(), dtype=torch.float64)).sample((32,))
-    del gen
     scale = 1 + float(v.abs().max())
     assert bool((((q - p) @ (v - p)) <= 1e-9 * scale).all())
 
