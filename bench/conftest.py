@@ -1,0 +1,72 @@
+"""pytest configuration of the benchmark suites (``bench/bench_*.py``).
+
+Run: ``python -m pytest bench/ --benchmark-json=out.json [--bench-profile quick|full|tiny]``.
+The default test run (``testpaths = ["tests"]``) never collects this folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from benchlib import PROFILES, THREADS_ENV, current_profile
+from benchlib import machine_info as bench_machine_info
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench-profile",
+        choices=PROFILES,
+        default=None,
+        help="benchmark sizes: tiny (seconds, for tests), quick (< 2 min) or full (default; "
+        "also settable with PARETOOPT_BENCH_PROFILE)",
+    )
+    parser.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default 1, or PARETOOPT_BENCH_THREADS): on a shared "
+        "machine a second thread that is descheduled makes every parallel op wait for it",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = config.getoption("--bench-threads") or int(os.environ.get(THREADS_ENV, "1"))
+    torch.set_num_threads(threads)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    # Suites are named bench_*.py so that a plain test run never picks them up by accident.
+    # Files named on the command line are collected by pytest itself.
+    if parent.session.isinitpath(file_path):
+        return None
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["paretoopt_bench"] = {
+        **bench_machine_info(),
+        "profile": current_profile(config).name,
+    }
+
+
+@pytest.fixture(scope="session")
+def profile(request: pytest.FixtureRequest) -> Any:
+    return current_profile(request.config)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Each suite declares ``bench_cases(profile) -> list`` and takes a ``case`` argument.
+    if "case" in metafunc.fixturenames:
+        module = metafunc.module
+        cases = module.bench_cases(current_profile(metafunc.config))
+        metafunc.parametrize("case", cases, ids=[module.case_id(c) for c in cases])
