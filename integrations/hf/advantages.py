@@ -1,0 +1,155 @@
+"""Rewards with the KL penalty, per-objective GAE, normalisation, adaptive KL.
+
+Shapes: ``n`` objectives, ``B`` responses, ``T`` response tokens;
+``mask[B, T]`` is 1 on response tokens up to and including the first EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "AdaptiveKLController",
+    "discounted_cumsum",
+    "gae",
+    "kl_penalized_rewards",
+    "masked_mean",
+    "normalize_advantages",
+]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    maskf = mask.to(x.dtype)
+    return (x * maskf).sum() / maskf.sum().clamp_min(1.0)
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards ``r_it = -kl_coef * (logp_t - logp_ref_t) + 1[t = last] * score_i``.
+
+    The same per-token KL penalty is added to every objective's reward (so each
+    value head learns a KL-regularised return).  Returns ``rewards[n, B, T]``
+    and the per-token KL estimate ``kl[B, T]`` (zero outside the mask).
+    """
+    maskf = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * maskf
+    rewards = (-kl_coef * kl).unsqueeze(0).repeat(scores.shape[0], 1, 1)
+    last = (mask.long().sum(dim=1) - 1).clamp_min(0)  # index of each response's last token
+    batch = torch.arange(mask.shape[0], device=mask.device)
+    rewards[:, batch, last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def discounted_cumsum(x: torch.Tensor, discount: float) -> torch.Tensor:
+    """``y_t = sum_{s >= t} discount^(s-t) x_s`` along the last dim, as one matmul.
+
+    An upper-triangular ``[T, T]`` matrix of powers replaces the backward Python
+    loop over tokens; T is the response length, so T^2 stays small.
+    """
+    length = x.shape[-1]
+    idx = torch.arange(length, device=x.device)
+    gap = (idx.unsqueeze(0) - idx.unsqueeze(1)).to(torch.float64)  # gap[t, s] = s - t
+    weights = torch.where(
+        gap >= 0, torch.tensor(discount, dtype=torch.float64) ** gap.clamp_min(0), 0
+    )
+    return (x.to(torch.float64) @ weights.T).to(x.dtype)
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation per objective (Schulman et al. 2016).
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` (``V_{t+1} = 0`` after the last
+    token), ``A'_t = sum_l (gamma * lam)^l delta_{t+l}``, ``R_t = A'_t + V_t``.
+    Inputs and outputs ``[n, B, T]``; zero outside the mask.
+    """
+    maskf = mask.to(values.dtype)
+    values = values * maskf
+    next_values = torch.zeros_like(values)
+    next_values[..., :-1] = values[..., 1:]
+    deltas = (rewards + gamma * next_values - values) * maskf
+    advantages = discounted_cumsum(deltas, gamma * lam) * maskf
+    returns = (advantages + values) * maskf
+    return advantages, returns
+
+
+def normalize_advantages(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Per-objective normalisation over valid tokens of *all* processes.
+
+    ``gather`` is ``accelerator.gather`` (concatenates along dim 0 across
+    processes); the sums, sums of squares and counts are gathered so every
+    process uses the same statistics.  ``mode``: "none" | "scale" (divide by
+    the std; keeps each sign, so Noon clipping selects the same tokens) |
+    "whiten" (subtract the mean, divide by the std).
+    """
+    if mode == "none":
+        return advantages
+    maskf = mask.to(torch.float64).unsqueeze(0)
+    a = advantages.to(torch.float64)
+    local = torch.stack(
+        [
+            (a * maskf).sum(dim=(1, 2)),
+            (a * a * maskf).sum(dim=(1, 2)),
+            maskf.sum(dim=(1, 2)).expand(a.shape[0]),
+        ],
+        dim=1,
+    )  # [n, 3]
+    total = gather(local.unsqueeze(0)).sum(dim=0) if gather is not None else local
+    count = total[:, 2].clamp_min(1.0)
+    mean = total[:, 0] / count
+    var = (total[:, 1] / count - mean**2).clamp_min(0.0)
+    # Bessel's correction, as a sample std over the tokens.
+    std = (var * count / (count - 1).clamp_min(1.0)).sqrt()
+    mean = mean.view(-1, 1, 1)
+    std = std.view(-1, 1, 1)
+    if mode == "scale":
+        out = a / (std + eps)
+    elif mode == "whiten":
+        out = (a - mean) / (std + eps)
+    else:
+        raise ValueError(f"unknown advantage normalisation {mode!r}")
+    return (out * maskf).to(advantages.dtype)
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019), the paper's "adaptive KL".
+
+    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta <- beta * (1 + e * n_steps / horizon)``
+    with KL the mean per-sequence KL of the batch.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int, adaptive: bool = True):
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = int(horizon)
+        self.adaptive = adaptive
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if not self.adaptive:
+            return
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])

@@ -1,0 +1,132 @@
+"""Atomic checkpoints: write everything into a temporary folder, then rename.
+
+Layout of a checkpoint folder::
+
+    policy/                   save_pretrained(): model or LoRA adapter (safetensors), tokenizer
+    value_heads.safetensors   the n value heads
+    optimizer.pt              optimizer state (torch.save; loaded with weights_only=True)
+    rng_state.pt              torch / CUDA / Python / NumPy generator states
+    trainer_state.json        step, KL coefficient, reward names, config, metric history
+
+``trainer_state.json`` is written last; a folder without it is not a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "STATE_FILE",
+    "atomic_write_dir",
+    "capture_rng_state",
+    "find_latest_checkpoint",
+    "is_checkpoint",
+    "restore_rng_state",
+]
+
+STATE_FILE = "trainer_state.json"
+
+
+def atomic_write_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Build ``target`` with ``write(tmp)`` in a sibling temporary folder, then rename.
+
+    A crash while writing leaves at most a hidden ``.NAME.tmp-*`` folder; an
+    existing ``target`` is replaced only once the new one is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = target.parent / f".{target.name}.tmp-{tag}"
+    try:
+        tmp.mkdir()
+        write(tmp)
+        _fsync_tree(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{tag}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _fsync_tree(folder: Path) -> None:
+    # Data on disk before the rename makes it visible (rename is atomic, writes are not).
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    return (Path(folder) / STATE_FILE).is_file()
+
+
+def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete ``checkpoint-<step>`` folder with the highest step, if any."""
+    best: tuple[int, Path] | None = None
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    for child in root.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if match and is_checkpoint(child):
+            step = int(match.group(1))
+            if best is None or step > best[0]:
+                best = (step, child)
+    return None if best is None else best[1]
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every generator a training step draws from, in weights_only-loadable types."""
+    # The legacy global generator is the state user reward code may draw from.
+    np_state = np.random.get_state()  # noqa: NPY002
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    nps = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            nps["name"],
+            nps["keys"].numpy().astype(np.uint32),
+            nps["pos"],
+            nps["has_gauss"],
+            nps["cached_gaussian"],
+        )
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)

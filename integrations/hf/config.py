@@ -1,0 +1,205 @@
+"""Configuration of the multi-objective PPO trainer.
+
+Plain, serialisable data: every field has a documented default, the paper's
+value where the paper states one (He & Maghsudi 2025, arXiv 2508.07768).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+COMBINER_NAMES = ("pama", "linear", "morlhf", "mgda_ub", "mgda")
+
+
+@dataclass
+class MOPPOConfig:
+    """Hyper-parameters of :class:`~integrations.hf.MOPPOTrainer`.
+
+    Optimisation (paper defaults): ``learning_rate=1e-5``, ``kl_coef=0.2``,
+    ``cliprange=0.2``, ``gae_lambda=0.95``, ``gamma=1.0``, adaptive KL toward
+    ``target_kl``.  LoRA (the paper's 7B run): ``lora_r=64``,
+    ``lora_alpha=128``, ``lora_dropout=0.05``.
+
+    Per step: ``batch_size`` prompts are sampled (per process), one response
+    each; then ``ppo_epochs`` passes over the batch in mini-batches of
+    ``mini_batch_size``.
+    """
+
+    # -- combiner ---------------------------------------------------------
+    combiner: str = "pama"
+    """"pama" | "linear" (alias "morlhf") | "mgda_ub" | "mgda"; or give the
+    trainer a combiner instance, which takes precedence."""
+    combiner_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Passed to ``paretoopt.make_combiner``, e.g. ``{"weights": [0.5, 0.5]}``."""
+    pama_granularity: Literal["token", "sample", "batch"] = "token"
+    """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
+    pama_fast_path: bool = True
+    """PAMA via ``s* = pama_advantages(A)`` in one surrogate (True), or the generic
+    combiner route with the per-token ratio as the shared tensor (False); same update."""
+
+    # -- schedule ----------------------------------------------------------
+    steps: int = 20
+    batch_size: int = 8
+    mini_batch_size: int = 4
+    ppo_epochs: int = 2
+    max_new_tokens: int = 16
+    min_new_tokens: int = 0
+    max_prompt_length: int | None = None
+    """Prompts longer than this many tokens are truncated from the left."""
+
+    # -- optimisation -----------------------------------------------------
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    """Gradient-norm clip on the total loss (a choice; None disables)."""
+
+    # -- PPO / KL -----------------------------------------------------------
+    kl_coef: float = 0.2
+    adaptive_kl: bool = True
+    target_kl: float = 6.0
+    """Target of the adaptive controller: mean per-sequence KL (sum over tokens)."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive controller (Ziegler et al. 2019)."""
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    ratio_to: Literal["ref", "old"] = "ref"
+    """Importance ratio's denominator: the frozen reference policy (the paper) or
+    the rollout policy (ordinary PPO)."""
+    advantage_normalization: Literal["none", "scale", "whiten"] = "none"
+    """Per objective, over all valid tokens of all processes: "none" (the
+    paper), "scale" (divide by the std; keeps signs, so Noon clipping is
+    unchanged), "whiten" (subtract the mean too)."""
+    reward_clip: float | None = None
+    """Clip each objective's score to [-reward_clip, reward_clip] (None: off)."""
+    detach_value_input: bool = False
+    """Stop value-loss gradients at the policy's hidden states (heads train alone)."""
+
+    # -- model ------------------------------------------------------------
+    use_lora: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    """None: peft's default for the architecture."""
+    dtype: str | None = None
+    """"float32" | "bfloat16" | "float16" | None (the checkpoint's): passed as ``dtype=``."""
+    disable_dropout: bool = True
+    """Zero the base model's dropout (not LoRA's) so log-probs of the rollout and
+    of the update agree."""
+    gradient_checkpointing: bool = False
+
+    # -- sampling -------------------------------------------------------------
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 disables top-k (pure sampling from the policy, as PPO assumes)."""
+    top_p: float = 1.0
+
+    # -- run ----------------------------------------------------------------
+    seed: int = 0
+    output_dir: str = "runs/moppo"
+    save_every: int = 0
+    """Save a checkpoint every this many steps (0: only at the end, if save_final)."""
+    save_final: bool = True
+    resume_from: str | None = None
+    """A checkpoint folder, or "latest" for the newest ``checkpoint-*`` in output_dir."""
+    log_jsonl: bool = True
+    report_to: list[str] = field(default_factory=list)
+    """transformers reporting integrations, e.g. ["tensorboard"]; empty: none."""
+    progress: bool = True
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    cpu: bool = False
+    """Force CPU even if an accelerator is present."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; errors name the field and the expected value."""
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MOPPOConfig.{name} must be a positive integer, got {value!r}")
+
+        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
+            positive_int(name)
+        if self.mini_batch_size > self.batch_size:
+            raise ValueError(
+                f"MOPPOConfig.mini_batch_size ({self.mini_batch_size}) must not exceed "
+                f"batch_size ({self.batch_size})"
+            )
+        if self.combiner not in COMBINER_NAMES:
+            raise ValueError(
+                f"MOPPOConfig.combiner must be one of {COMBINER_NAMES}, got {self.combiner!r}"
+            )
+        for name in ("learning_rate", "cliprange", "cliprange_value", "temperature", "target_kl"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"MOPPOConfig.{name} must be a finite number > 0, got {value!r}")
+        for name in ("kl_coef", "vf_coef", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"MOPPOConfig.{name} must be a finite number >= 0, got {value!r}")
+        for name in ("gamma", "gae_lambda", "top_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"MOPPOConfig.{name} must lie in [0, 1], got {value!r}")
+        if self.ratio_to not in ("ref", "old"):
+            raise ValueError(f"MOPPOConfig.ratio_to must be 'ref' or 'old', got {self.ratio_to!r}")
+        if self.pama_granularity not in ("token", "sample", "batch"):
+            raise ValueError(
+                "MOPPOConfig.pama_granularity must be 'token', 'sample' or 'batch', "
+                f"got {self.pama_granularity!r}"
+            )
+        if self.advantage_normalization not in ("none", "scale", "whiten"):
+            raise ValueError(
+                "MOPPOConfig.advantage_normalization must be 'none', 'scale' or 'whiten', "
+                f"got {self.advantage_normalization!r}"
+            )
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(
+                "MOPPOConfig.mixed_precision must be 'no', 'fp16' or 'bf16', "
+                f"got {self.mixed_precision!r}"
+            )
+        if self.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                "MOPPOConfig.dtype must be None, 'auto', 'float32', 'bfloat16' or 'float16', "
+                f"got {self.dtype!r}"
+            )
+        if self.top_k < 0 or self.min_new_tokens < 0 or self.save_every < 0:
+            raise ValueError("MOPPOConfig.top_k, min_new_tokens and save_every must be >= 0")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("MOPPOConfig.min_new_tokens must not exceed max_new_tokens")
+        if self.reward_clip is not None and not self.reward_clip > 0:
+            raise ValueError(f"MOPPOConfig.reward_clip must be > 0 or None, got {self.reward_clip}")
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to == "none" else [self.report_to]
+        if self.use_lora and (self.lora_r < 1 or self.lora_alpha <= 0):
+            raise ValueError("MOPPOConfig.lora_r must be >= 1 and lora_alpha > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MOPPOConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MOPPOConfig fields: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> MOPPOConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

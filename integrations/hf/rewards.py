@@ -1,0 +1,255 @@
+"""Reward functions: Python callables or sequence-classification reward models.
+
+A reward function maps ``(prompts, responses)`` (two lists of strings of equal
+length) to one float per response.  The trainer validates what comes back and
+names the function and the step when it is wrong (:class:`RewardError`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+__all__ = [
+    "RewardError",
+    "RewardFunction",
+    "RewardModelFunction",
+    "length_reward",
+    "make_length_reward",
+    "parse_reward_spec",
+    "reward_name",
+    "score_batch",
+]
+
+
+class RewardFunction(Protocol):
+    def __call__(self, prompts: list[str], responses: list[str]) -> Sequence[float]: ...
+
+
+class RewardError(RuntimeError):
+    """A reward function raised, or returned the wrong number of values or a
+    non-finite value.  ``name``, ``index`` and ``step`` say which and when."""
+
+    def __init__(self, message: str, *, name: str, index: int, step: int) -> None:
+        super().__init__(message)
+        self.name = name
+        self.index = index
+        self.step = step
+
+
+def make_length_reward(
+    scale: float = 140.0, lo: float = 0.0, hi: float = 1.0, unit: str = "chars"
+) -> Callable[[list[str], list[str]], list[float]]:
+    """The paper's length reward, ``r = clip(len(response) / scale, lo, hi)``.
+
+    ``unit`` says how length is counted: ``"chars"`` (characters) or ``"words"``
+    (whitespace-separated words).  The defaults (characters, 140, [0, 1]) are
+    our reading of the paper; set them to match your experiment.
+    """
+    if unit not in ("chars", "words"):
+        raise ValueError(f"unit must be 'chars' or 'words', got {unit!r}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    if lo > hi:
+        raise ValueError(f"lo ({lo}) must not exceed hi ({hi})")
+
+    def length_reward(prompts: list[str], responses: list[str]) -> list[float]:
+        del prompts  # the length reward looks at the response only
+        out = []
+        for text in responses:
+            length = len(text) if unit == "chars" else len(text.split())
+            out.append(min(max(length / scale, lo), hi))
+        return out
+
+    length_reward.__name__ = "length"
+    length_reward.__qualname__ = "length"
+    return length_reward
+
+
+length_reward = make_length_reward()
+"""``clip(len(response) / 140, 0, 1)`` in characters; see :func:`make_length_reward`."""
+
+
+class RewardModelFunction:
+    """A sequence-classification reward model used as a reward function.
+
+    ``r = logits[label_index]`` of ``AutoModelForSequenceClassification`` on
+    ``prompt + separator + response``.  Loading is lazy (first call or
+    :meth:`to`), through the ordinary ``from_pretrained(name_or_path)``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        label_index: int = 0,
+        *,
+        name: str | None = None,
+        tokenizer: Any = None,
+        batch_size: int = 32,
+        max_length: int | None = 512,
+        separator: str = "",
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.name_or_path = str(name_or_path)
+        self.label_index = int(label_index)
+        self.name = name or self.name_or_path.rstrip("/").split("/")[-1]
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.separator = separator
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self._tokenizer = tokenizer
+        self._model: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RewardModelFunction({self.name_or_path!r}, label_index={self.label_index}, "
+            f"name={self.name!r})"
+        )
+
+    def to(self, device: str | torch.device) -> RewardModelFunction:
+        self.device = torch.device(device)
+        if self._model is not None:
+            self._model.to(self.device)
+        return self
+
+    def _load(self) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+        kwargs: dict[str, Any] = {}
+        if self.dtype is not None:
+            kwargs["dtype"] = self.dtype
+        model = AutoModelForSequenceClassification.from_pretrained(self.name_or_path, **kwargs)
+        if self._tokenizer.pad_token is None:
+            # Classification heads of decoder models find the last token through the pad id.
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self._tokenizer.pad_token_id
+        n_labels = int(model.config.num_labels)
+        if not -n_labels <= self.label_index < n_labels:
+            raise ValueError(
+                f"reward model {self.name_or_path!r} has {n_labels} labels; "
+                f"label_index {self.label_index} is out of range"
+            )
+        model.eval().requires_grad_(False)
+        self._model = model.to(self.device or torch.device("cpu"))
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        if self._model is None:
+            self._load()
+        texts = [p + self.separator + r for p, r in zip(prompts, responses, strict=True)]
+        device = next(self._model.parameters()).device
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self._tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            logits = self._model(**enc).logits.float()
+            out.extend(logits[:, self.label_index].tolist())
+        return out
+
+
+def reward_name(fn: Any, index: int) -> str:
+    """A readable name for a reward function (``name`` attribute, else ``__name__``)."""
+    name = getattr(fn, "name", None) or getattr(fn, "__name__", None)
+    if not name or name == "<lambda>":
+        name = f"reward{index}"
+    return str(name)
+
+
+def parse_reward_spec(spec: str) -> Callable[[list[str], list[str]], Sequence[float]]:
+    """Turn a command-line reward spec into a reward function.
+
+    - ``length`` -> :data:`length_reward`;
+    - ``length:SCALE[:LO:HI[:UNIT]]`` -> :func:`make_length_reward`;
+    - ``NAME=NAME_OR_PATH[:LABEL]`` -> :class:`RewardModelFunction` named NAME;
+    - ``NAME_OR_PATH[:LABEL]`` -> the same, named after the path.
+    """
+    spec = spec.strip()
+    if spec == "length":
+        return length_reward
+    if spec.startswith("length:"):
+        parts = spec.split(":")[1:]
+        if not 1 <= len(parts) <= 4 or len(parts) == 2:
+            raise ValueError(f"bad length reward spec {spec!r}: use length:SCALE[:LO:HI[:UNIT]]")
+        scale = float(parts[0])
+        lo, hi = (float(parts[1]), float(parts[2])) if len(parts) >= 3 else (0.0, 1.0)
+        unit = parts[3] if len(parts) == 4 else "chars"
+        return make_length_reward(scale, lo, hi, unit)
+    name = None
+    if "=" in spec:
+        name, spec = spec.split("=", 1)
+        if not name:
+            raise ValueError("reward spec NAME=PATH needs a non-empty NAME")
+    path, label = spec, 0
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.lstrip("-").isdigit():
+        path, label = head, int(tail)
+    if not path:
+        raise ValueError(f"bad reward spec {spec!r}: no model name or path")
+    return RewardModelFunction(path, label, name=name)
+
+
+def score_batch(
+    reward_fns: Sequence[Callable[..., Any]],
+    names: Sequence[str],
+    prompts: list[str],
+    responses: list[str],
+    *,
+    step: int,
+) -> torch.Tensor:
+    """Call every reward function; return scores ``[n, B]`` (float32, CPU).
+
+    Raises :class:`RewardError` naming the function and the step if one raises,
+    returns the wrong number of values, or returns NaN / inf.
+    """
+    batch = len(responses)
+    rows = []
+    for index, (fn, name) in enumerate(zip(reward_fns, names, strict=True)):
+        where = f"reward function {name!r} (objective {index}) at step {step}"
+        try:
+            values = fn(prompts, responses)
+        except Exception as exc:  # re-raised with the function and step named
+            raise RewardError(
+                f"{where} raised {type(exc).__name__}: {exc}", name=name, index=index, step=step
+            ) from exc
+        try:
+            if isinstance(values, torch.Tensor):
+                flat = values.detach().to("cpu", torch.float64).reshape(-1).tolist()
+            else:
+                flat = [float(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise RewardError(
+                f"{where} returned {type(values).__name__}, expected a sequence of {batch} floats",
+                name=name,
+                index=index,
+                step=step,
+            ) from exc
+        if len(flat) != batch:
+            raise RewardError(
+                f"{where} returned {len(flat)} values for {batch} responses",
+                name=name,
+                index=index,
+                step=step,
+            )
+        bad = [i for i, v in enumerate(flat) if not math.isfinite(v)]
+        if bad:
+            raise RewardError(
+                f"{where} returned non-finite values at positions {bad[:8]} (e.g. {flat[bad[0]]})",
+                name=name,
+                index=index,
+                step=step,
+            )
+        rows.append(flat)
+    return torch.tensor(rows, dtype=torch.float32)

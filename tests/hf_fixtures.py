@@ -1,0 +1,88 @@
+"""A tiny GPT-2-shaped policy and a word-level tokenizer, built in code, saved to disk.
+
+Everything goes through the real loading path (``from_pretrained(path)``); nothing
+is downloaded.  Built once per test session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = [
+    "the", "a", "film", "movie", "story", "plot", "actor", "scene", "music", "ending",
+    "was", "is", "very", "quite", "not", "good", "bad", "great", "dull", "fun",
+    "and", "but", "with", "long", "short", "i", "liked", "hated", "it", "this",
+]  # fmt: skip
+SPECIAL = ["<pad>", "<eos>", "<unk>"]
+PROMPTS = [
+    "the film was",
+    "this movie is",
+    "i liked the plot",
+    "the actor was very",
+    "a story with",
+    "the music is quite",
+    "i hated the ending",
+    "this scene was",
+]
+
+
+def build_tokenizer(path: Path):
+    """Word-level tokenizer (whitespace split, words joined by spaces on decode)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    fast.save_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def build_policy(path: Path, vocab_size: int, eos_id: int, eos_prob: float = 0.3) -> None:
+    """Random GPT-2 (2 layers, width 32) whose EOS probability is ~``eos_prob`` per token.
+
+    Responses of a random model would rarely stop; a bias toward EOS through the
+    final layer norm gives short responses that a length reward can lengthen.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        direction = model.transformer.wte.weight[eos_id].clone()
+        direction /= direction.norm()
+        ids = torch.randint(3, vocab_size, (16, 12))
+        # Bisection on the bias size so that mean p(EOS) hits the target.
+        lo, hi = 0.0, 50.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            model.transformer.ln_f.bias.copy_(mid * direction)
+            p = torch.softmax(model(ids).logits, -1)[..., eos_id].mean()
+            lo, hi = (mid, hi) if p < eos_prob else (lo, mid)
+    model.save_pretrained(str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a tiny GPT-2 policy and its tokenizer (loadable by path)."""
+    path = tmp_path_factory.mktemp("tiny_lm")
+    tok = build_tokenizer(path)
+    build_policy(path, len(tok), tok.eos_token_id)
+    return path
