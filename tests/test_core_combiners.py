@@ -1,0 +1,331 @@
+"""Combiners behind one interface: gradients against hand-built references, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paretoopt import (
+    MGDA,
+    PAMA,
+    LinearScalarization,
+    gram_matrix,
+    make_combiner,
+    min_norm_weights,
+    pama_ppo_loss,
+    ppo_losses,
+    ppo_losses_from_ratio,
+    ratio,
+)
+
+VOCAB, HIDDEN = 11, 8
+
+
+class TinyPolicy(torch.nn.Module):
+    """Embedding -> tanh -> linear head, float64 for tight comparisons."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = torch.nn.Embedding(VOCAB, HIDDEN, dtype=torch.float64)
+        self.head = torch.nn.Linear(HIDDEN, VOCAB, dtype=torch.float64)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.emb(tokens))
+
+    def logprobs_from_hidden(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(self.head(h), -1)
+        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.logprobs_from_hidden(self.hidden(tokens), tokens)
+
+
+def rl_batch(seed: int, n: int = 3, b: int = 4, t: int = 6):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB, (b, t), generator=gen)
+    adv = torch.randn(n, b, t, generator=gen, dtype=torch.float64)
+    mask = torch.rand(b, t, generator=gen) > 0.25
+    mask[:, 0] = True
+    return tokens, adv, mask
+
+
+def param_grads(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def perturbed_reference(model: TinyPolicy, tokens: torch.Tensor, seed: int) -> torch.Tensor:
+    """Reference log-probs of a nearby policy, so that some ratios leave the clip range."""
+    ref_model = TinyPolicy(seed)
+    with torch.no_grad():
+        for p, q in zip(ref_model.parameters(), model.parameters(), strict=True):
+            p.copy_(q + 0.4 * torch.randn_like(q))
+        return ref_model(tokens)
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 10_000), st.integers(1, 5), st.booleans())
+def test_generic_pama_equals_advantage_fast_path(seed: int, n: int, use_mask: bool) -> None:
+    tokens, adv, mask = rl_batch(seed, n=n)
+    m = mask if use_mask else None
+    model = TinyPolicy(0)
+    ref = perturbed_reference(model, tokens, seed)
+
+    # Route 1: n Noon PPO losses + the shared ratio tensor, through the generic combiner.
+    u = ratio(model(tokens), ref)
+    losses = ppo_losses_from_ratio(u, adv, m)
+    result = PAMA()(list(losses), shared=u)
+    result.loss.backward()
+    generic = param_grads(model)
+
+    # Route 2: the advantage fast path, s* = min_i max(A_i, 0), in one surrogate.
+    model.zero_grad()
+    pama_ppo_loss(model(tokens), ref, adv, m).backward()
+    fast = param_grads(model)
+
+    torch.testing.assert_close(generic, fast, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("granularity", ["sample", "batch"])
+def test_generic_pama_granularities_match_fast_path_at_unit_ratio(granularity: str) -> None:
+    # At u = 1 no token is clipped, so the gradient sums are proportional to advantage means.
+    tokens, adv, mask = rl_batch(5)
+    model = TinyPolicy(0)
+    logp = model(tokens)
+    u = ratio(logp, logp.detach())
+    losses = ppo_losses_from_ratio(u, adv, mask)
+    PAMA(granularity=granularity)(list(losses), shared=u).loss.backward()
+    generic = param_grads(model)
+    model.zero_grad()
+    logp = model(tokens)
+    pama_ppo_loss(logp, logp.detach(), adv, mask, granularity=granularity).backward()
+    torch.testing.assert_close(generic, param_grads(model), rtol=1e-10, atol=1e-12)
+
+
+def test_pama_result_fields_and_value() -> None:
+    tokens, adv, mask = rl_batch(1)
+    model = TinyPolicy(0)
+    u = ratio(model(tokens), perturbed_reference(model, tokens, 1))
+    losses = ppo_losses_from_ratio(u, adv, mask)
+    res = PAMA()(list(losses), shared=u)
+    assert res.weights.shape == (3,) and res.weights.dtype == torch.float64
+    assert float(res.weights.sum()) == pytest.approx(1.0)
+    assert res.element_weights is not None and res.element_weights.shape == (3, *u.shape)
+    expected_value = float((res.weights * losses.detach()).sum())
+    assert float(res.loss.detach()) == pytest.approx(expected_value)
+    assert 0.0 <= res.stats["conflict_rate"] <= 1.0
+    assert res.stats["min_norm"] >= 0
+
+
+def test_mgda_exact_matches_hand_built_min_norm_and_is_non_conflicting() -> None:
+    tokens, adv, mask = rl_batch(2, n=4)
+    model = TinyPolicy(0)
+    params = list(model.parameters())
+    losses = ppo_losses(model(tokens), perturbed_reference(model, tokens, 2), adv, mask)
+
+    jac = torch.stack(
+        [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=True)])
+            for loss in losses
+        ]
+    )
+    expected = min_norm_weights(jac @ jac.T)
+
+    res = MGDA(mode="params")(list(losses), params=params)
+    assert all(p.grad is None for p in params)  # the call itself writes no gradients
+    torch.testing.assert_close(res.weights, expected.weights)
+    res.loss.backward()
+    d = param_grads(model)
+    torch.testing.assert_close(d, jac.T @ expected.weights)
+    # Non-conflicting: the update direction -d decreases no objective's... g_i . d >= ||d||^2.
+    assert bool((jac @ d >= d @ d - 1e-12).all())
+    assert res.stats["kkt_residual"] < 1e-9
+    assert res.stats["min_directional_derivative"] >= -1e-12
+
+
+def test_mgda_ub_uses_gradients_at_the_shared_tensor() -> None:
+    tokens, adv, mask = rl_batch(3)
+    model = TinyPolicy(0)
+    h = model.hidden(tokens)
+    ref = perturbed_reference(model, tokens, 3)
+    losses = ppo_losses(model.logprobs_from_hidden(h, tokens), ref, adv, mask)
+    gz = torch.stack(
+        [torch.autograd.grad(loss, h, retain_graph=True)[0].reshape(-1) for loss in losses]
+    )
+    expected = min_norm_weights(gz @ gz.T).weights
+    res = MGDA(mode="shared")(list(losses), shared=h)
+    torch.testing.assert_close(res.weights, expected)
+    res.loss.backward(retain_graph=True)
+    total = param_grads(model)
+    model.zero_grad()
+    sum(float(expected[i]) * losses[i] for i in range(3)).backward()
+    torch.testing.assert_close(total, param_grads(model))
+
+
+@pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
+def test_mgda_normalizations(normalization: str) -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64))
+    targets = [torch.tensor(t, dtype=torch.float64) for t in ([3, 0, 0], [0, -2, 1], [1, 1, 5])]
+    losses = [((w - t) ** 2).sum() for t in targets]
+    grads = torch.stack([2 * (w.detach() - t) for t in targets])
+    lv = torch.stack([loss.detach() for loss in losses])
+    nu = {
+        "l2": grads.norm(dim=1),
+        "loss": lv,
+        "loss+": lv * grads.norm(dim=1),
+    }[normalization]
+    gn = grads / nu[:, None]
+    expected = min_norm_weights(gn @ gn.T).weights
+    res = MGDA(normalization=normalization)(losses, params=[w])
+    torch.testing.assert_close(res.weights, expected)
+    res.loss.backward()
+    # The update is the min-norm point of the normalised gradients.
+    torch.testing.assert_close(w.grad, gn.T @ expected)
+    for i in range(3):
+        assert res.stats[f"loss_weight/{i}"] == pytest.approx(float(expected[i] / nu[i]))
+
+
+def test_mgda_loss_normalization_rejects_non_positive_loss() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="objective 1 is -1"):
+        MGDA(normalization="loss")([(w**2).sum(), -w.sum()], params=[w])
+
+
+def test_linear_scalarization_gradient_and_uniform_default() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    losses = [(w**2).sum(), (w * 3).sum()]
+    res = LinearScalarization([0.25, 0.75])(losses, params=[w])
+    res.loss.backward()
+    torch.testing.assert_close(w.grad, 0.25 * 2 * w.detach() + 0.75 * 3 * torch.ones(2))
+    assert float(res.loss.detach()) == pytest.approx(0.25 * 5 + 0.75 * -3)
+    uni = LinearScalarization()([(w**2).sum(), w.sum(), -w.sum()])
+    torch.testing.assert_close(uni.weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_losses_give_float64_weights(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4).to(dtype)
+    x = torch.randn(5, 6).to(dtype)
+    out = layer(x)
+    losses = [out[:, i].pow(2).mean() for i in range(3)]
+    res = MGDA(mode="params")(losses, params=layer.parameters())
+    assert res.weights.dtype == torch.float64 and bool(torch.isfinite(res.weights).all())
+    jac = torch.stack(
+        [
+            torch.cat(
+                [
+                    g.reshape(-1)
+                    for g in torch.autograd.grad(loss, list(layer.parameters()), retain_graph=True)
+                ]
+            )
+            for loss in losses
+        ]
+    )
+    expected = min_norm_weights(gram_matrix(jac)).weights
+    torch.testing.assert_close(res.weights, expected)
+    res.loss.backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in layer.parameters())
+    # PAMA over a half-precision shared tensor.
+    z = layer(x)
+    res_p = PAMA()([z[:, i].float().sum() for i in range(3)], shared=z)
+    assert bool(torch.isfinite(res_p.weights).all())
+    assert float(res_p.weights.sum()) == pytest.approx(1.0)
+
+
+def test_zero_gradients_give_finite_weights() -> None:
+    w = torch.nn.Parameter(torch.zeros(3))
+    losses = [(w**2).sum(), (w**2).sum() * 2]  # both gradients are exactly zero at w = 0
+    res = MGDA()(losses, params=[w])
+    assert bool(torch.isfinite(res.weights).all())
+    res = MGDA(normalization="l2")(losses, params=[w])
+    assert bool(torch.isfinite(res.weights).all())
+
+
+def test_combiners_do_not_mutate_inputs() -> None:
+    tokens, adv, mask = rl_batch(4)
+    model = TinyPolicy(0)
+    u = ratio(model(tokens), perturbed_reference(model, tokens, 4))
+    u_before = u.detach().clone()
+    adv_before = adv.clone()
+    losses = ppo_losses_from_ratio(u, adv, mask)
+    loss_values = losses.detach().clone()
+    for combiner in (PAMA(), MGDA(mode="shared"), MGDA(), LinearScalarization()):
+        combiner(list(losses), shared=u, params=model.parameters())
+        torch.testing.assert_close(u.detach(), u_before)
+        torch.testing.assert_close(adv, adv_before)
+        torch.testing.assert_close(losses.detach(), loss_values)
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_single_objective_is_accepted() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    for combiner in (PAMA(), MGDA(mode="shared"), MGDA(), LinearScalarization()):
+        w.grad = None
+        z = w * 3
+        res = combiner([z.pow(2).sum()], shared=z, params=[w])
+        res.loss.backward()
+        torch.testing.assert_close(res.weights, torch.ones(1, dtype=torch.float64))
+        torch.testing.assert_close(w.grad, 18 * w.detach())
+
+
+def test_bad_input_errors_name_the_problem() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    z = w * 2
+    good = [z.sum(), (z**2).sum()]
+    with pytest.raises(ValueError, match="empty"):
+        PAMA()([], shared=z)
+    with pytest.raises(ValueError, match="objective 1 must be a scalar"):
+        LinearScalarization()([z.sum(), z])
+    with pytest.raises(ValueError, match="objective 1 is not finite"):
+        MGDA()([z.sum(), z.sum() * float("nan")], params=[w])
+    with pytest.raises(ValueError, match="objective 0 is not finite"):
+        LinearScalarization()([z.sum() + float("inf"), z.sum()])
+    with pytest.raises(TypeError, match="needs shared="):
+        PAMA()(good)
+    with pytest.raises(TypeError, match="needs shared="):
+        MGDA(mode="shared")(good)
+    with pytest.raises(TypeError, match="needs params="):
+        MGDA()(good)
+    with pytest.raises(ValueError, match="does not require grad"):
+        PAMA()(good, shared=z.detach())
+    with pytest.raises(ValueError, match="objective 1 does not depend on the shared"):
+        other = torch.nn.Parameter(torch.ones(1))
+        PAMA()([z.sum(), (other * 2).sum()], shared=z)
+    with pytest.raises(ValueError, match="objective 0 does not require grad"):
+        PAMA()([torch.tensor(1.0), z.sum()], shared=z)
+    with pytest.raises(TypeError, match="objective 1 is list"):
+        PAMA()([z.sum(), [1.0]], shared=z)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="2 weights but got 3 losses"):
+        LinearScalarization([0.5, 0.5])([z.sum(), z.sum(), z.sum()])
+    with pytest.raises(ValueError, match="weight of objective 1"):
+        LinearScalarization([0.5, -0.5])
+    with pytest.raises(ValueError, match="granularity"):
+        PAMA(granularity="word")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="normalization"):
+        MGDA(normalization="l1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown combiner"):
+        make_combiner("nash")
+
+
+def test_nan_gradient_at_shared_tensor_is_reported() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+    z = w * 1
+    # sqrt at 0 has an infinite derivative: the loss is finite, its gradient is not.
+    losses = [z.sum(), z.abs().sqrt().sum()]
+    with pytest.raises(ValueError, match="objective 1 contains non-finite"):
+        PAMA()(losses, shared=z)
+
+
+def test_make_combiner_and_repr() -> None:
+    assert isinstance(make_combiner("pama"), PAMA)
+    assert make_combiner("mgda_ub").requires == "shared"
+    assert make_combiner("MGDA").requires == "params"
+    morlhf = make_combiner("morlhf")
+    assert isinstance(morlhf, LinearScalarization) and morlhf.weights == (0.5, 0.5)
+    assert repr(MGDA(normalization="l2")) == (
+        "MGDA(mode='params', normalization='l2', solver='exact')"
+    )
+    assert repr(PAMA()) == "PAMA(granularity='token')"
