@@ -218,13 +218,18 @@ class PAMA(Combiner):
             w = wsum.reshape(wsum.shape + (1,) * (g.dim() - wsum.dim())).expand_as(g)
             direction = (w * g.to(w.dtype)).sum(0).to(g.dtype)
         mean_w = w.reshape(n, -1).double().mean(1)
+        mean_w = mean_w / mean_w.sum()  # exactly on the simplex despite float32 element weights
         surrogate = (z * direction.detach().to(z.dtype)).sum()
         value = sum(float(mean_w[i]) * losses[i].detach() for i in range(n))
         assert isinstance(value, Tensor)
         conflict = (g.amin(0) < 0) & (g.amax(0) > 0)
+        # Elements some objective wants to move but the combination leaves still (with Noon
+        # losses: tokens reinforced by one objective and not by another).
+        vetoed = (direction == 0) & (g != 0).any(0)
         stats = {
             "min_norm": float(direction.double().pow(2).sum()),
             "conflict_rate": float(conflict.double().mean()),
+            "veto_rate": float(vetoed.double().mean()),
         }
         for i in range(n):
             stats[f"weight/{i}"] = float(mean_w[i])
