@@ -19,8 +19,8 @@ Then the combiners:
 * **Exact MGDA** needs the Gram matrix of the *global* per-objective gradients,
   :math:`G = \bar J \bar J^T` with :math:`\bar J = \frac1W \sum_r J_r`, which does not
   decompose over processes: :class:`DistributedMGDA` all-reduces the ``[n, d]`` Jacobian
-  (n times the traffic of one DDP step) before the Gram matrix and the min-norm solve, and
-  writes the combined gradient into ``.grad`` itself (no further DDP reduction).
+  (n times the traffic of one DDP step) before the Gram matrix and the min-norm solve.
+  MGDA-UB only needs the n x n Gram matrices of the shared tensor summed.
 
 Every function here is a no-op on one process (``torch.distributed`` not initialised), so
 the same training code runs with and without a launcher.
@@ -28,14 +28,13 @@ the same training code runs with and without a launcher.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from paretoopt import MGDA, CombineResult, gram_matrix, min_norm_weights
-from paretoopt._validation import check_losses
+from paretoopt import MGDA, Combiner, CombineResult, gram_matrix, min_norm_weights
 
 __all__ = [
     "DistributedMGDA",
@@ -116,32 +115,35 @@ def global_mean_std(
     return mean.to(x.dtype), var.sqrt().to(x.dtype)
 
 
-class DistributedMGDA:
-    r"""Exact MGDA (Sener & Koltun 2018) on the global batch under data parallelism.
+class DistributedMGDA(Combiner):
+    r"""MGDA (Sener & Koltun 2018) on the *global* batch under data parallelism.
 
-    Each process passes its *local* per-objective losses, already scaled so that their
-    average over processes is the global loss (see :func:`dp_loss_scale`). The step
+    A drop-in for :class:`paretoopt.MGDA` in a DDP run: call it with this process's losses,
+    already scaled with :func:`dp_loss_scale` (so that their average over processes is the
+    global loss), and backpropagate ``result.loss`` through the DDP-wrapped model as usual.
 
-    1. takes the local Jacobian :math:`J_r` (n backward passes over the parameters, as
-       :class:`paretoopt.MGDA` does);
-    2. all-reduces it: :math:`\bar J = \frac1W \sum_r J_r` (n d numbers; the cost PAMA
-       avoids) and the losses (for the ``loss``/``loss+`` normalisations);
-    3. solves the min-norm problem on :math:`\bar J \bar J^T` in float64, identically on
-       every process;
-    4. writes :math:`\sum_i \alpha_i \bar g_i` into each parameter's ``.grad``.
+    * ``mode="params"`` (exact MGDA): the local Jacobian :math:`J_r` ``[n, d]`` is
+      all-reduced, :math:`\bar J = \frac1W \sum_r J_r` (n d numbers: the communication
+      PAMA avoids), and the min-norm problem is solved on :math:`\bar J \bar J^T`.
+    * ``mode="shared"`` (MGDA-UB): each process's shared tensor holds different samples, so
+      the global Gram matrix is the sum of the local ones, :math:`\frac1{W^2}\sum_r J_r J_r^T`
+      (n^2 numbers).
 
-    Call ``optimizer.step()`` afterwards. Do not call ``backward()`` on the returned loss:
-    the gradient is already in place and already global. When the model is wrapped in DDP,
-    run its forward inside ``model.no_sync()`` (``accelerator.no_sync(model)``) or through
-    the unwrapped module, so that DDP does not wait for a backward that never comes.
+    The solve (float64) is identical on every process, so the weights :math:`\alpha` are
+    too; ``result.loss`` is :math:`\sum_i \alpha_i L_i^{(r)}` and DDP's gradient average
+    turns it into :math:`\sum_i \alpha_i \bar g_i`, the single-process MGDA update.
+    On one process it equals :class:`paretoopt.MGDA`.
 
     Args:
-        normalization, solver, tol, max_iter: as :class:`paretoopt.MGDA`.
+        mode, normalization, solver, tol, max_iter: as :class:`paretoopt.MGDA`.
         group: process group to reduce over (default: the world).
     """
 
+    name = "mgda"
+
     def __init__(
         self,
+        mode: str = "params",
         normalization: str = "none",
         solver: str = "exact",
         tol: float | None = None,
@@ -150,7 +152,7 @@ class DistributedMGDA:
     ) -> None:
         # Validation and the per-objective gradient code live in the core combiner.
         self.mgda = MGDA(
-            mode="params",
+            mode=mode,  # type: ignore[arg-type]
             normalization=normalization,  # type: ignore[arg-type]
             solver=solver,  # type: ignore[arg-type]
             tol=tol,
@@ -158,18 +160,26 @@ class DistributedMGDA:
         )
         self.group = group
 
-    def __repr__(self) -> str:
-        m = self.mgda
-        return f"DistributedMGDA(normalization={m.normalization!r}, solver={m.solver!r})"
+    @property
+    def requires(self) -> str:  # type: ignore[override]
+        return self.mgda.mode
 
-    def step(self, losses: Sequence[Tensor] | Tensor, params: Iterable[Tensor]) -> CombineResult:
-        """Compute the global MGDA direction and store it in ``p.grad``; collective."""
-        items = check_losses(losses)
-        plist = [p for p in params if p.requires_grad]
-        jac = self.mgda.jacobian(items, None, plist)  # [n, d], local
-        jac = all_reduce_mean(jac, self.group)
-        loss_values = all_reduce_mean(torch.stack([loss.detach() for loss in items]), self.group)
-        gram = gram_matrix(jac).cpu()
+    def _hparams(self) -> dict[str, Any]:
+        m = self.mgda
+        return {"mode": m.mode, "normalization": m.normalization, "solver": m.solver}
+
+    def global_gram(self, losses: list[Tensor], shared: Tensor | None, params: Any) -> Tensor:
+        """Gram matrix ``[n, n]`` (float64, CPU) of the global per-objective gradients."""
+        jac = self.mgda.jacobian(losses, shared, params)  # local [n, d]
+        if self.mgda.mode == "params":
+            return gram_matrix(all_reduce_mean(jac, self.group)).cpu()
+        w = dist.get_world_size(self.group) if is_distributed() else 1
+        return (all_reduce_sum(gram_matrix(jac), self.group) / (w * w)).cpu()
+
+    def _combine(self, losses, *, shared, params):  # type: ignore[override]
+        n = len(losses)
+        gram = self.global_gram(losses, shared, params)
+        loss_values = all_reduce_mean(torch.stack([loss.detach() for loss in losses]), self.group)
         nu = self.mgda.normalizers(list(loss_values.unbind()), gram)
         sol = min_norm_weights(
             gram / torch.outer(nu, nu),
@@ -178,22 +188,15 @@ class DistributedMGDA:
             max_iter=self.mgda.max_iter,
         )
         alpha = sol.weights / nu
-        direction = (alpha.to(jac.device, jac.dtype).unsqueeze(1) * jac).sum(0)
-        offset = 0
-        for p in plist:
-            g = direction[offset : offset + p.numel()].view_as(p).to(p.dtype)
-            offset += p.numel()
-            p.grad = g.clone() if p.grad is None else p.grad + g
-        dirderiv = gram @ alpha
+        loss = sum(float(alpha[i]) * losses[i] for i in range(n))
+        assert isinstance(loss, Tensor)
         stats = {
             "min_norm": sol.value,
             "kkt_residual": sol.kkt_residual,
             "solver_iterations": float(sol.iterations),
-            "min_directional_derivative": float(dirderiv.min()),
-            "allreduce_numel": float(jac.numel()),
+            "min_directional_derivative": float((gram @ alpha).min()),
         }
-        for i in range(len(items)):
+        for i in range(n):
             stats[f"weight/{i}"] = float(sol.weights[i])
             stats[f"loss_weight/{i}"] = float(alpha[i])
-        value = (alpha.to(loss_values.dtype) * loss_values).sum()
-        return CombineResult(loss=value, weights=sol.weights, stats=stats)
+        return CombineResult(loss=loss, weights=sol.weights, stats=stats)

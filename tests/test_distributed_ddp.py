@@ -3,8 +3,9 @@
 A tiny policy is trained for a few steps on a global batch of 8 sequences whose valid
 token counts differ between the two halves. Each process takes half of the batch; the
 parameters after training must equal those of one process trained on the whole batch,
-for PAMA (advantage fast path and generic combiner) and for exact MGDA, whose
-per-objective gradients are all-reduced before the Gram matrix and the solve. Two
+for PAMA (advantage fast path and generic combiner), for exact MGDA, whose
+per-objective gradients are all-reduced before the Gram matrix and the solve, and for
+MGDA-UB, whose local Gram matrices are summed. Two
 controls show that the comparison has teeth: without the token-count correction, and
 with MGDA solved on each process's local gradients, the parameters differ.
 
@@ -33,7 +34,7 @@ from paretoopt import MGDA, PAMA, pama_ppo_loss, ppo_losses, ppo_losses_from_rat
 WORLD = 2
 STEPS = 3
 LR = 0.5
-SCENARIOS = ("pama", "pama_combiner", "mgda", "mgda_l2")
+SCENARIOS = ("pama", "pama_combiner", "mgda", "mgda_l2", "mgda_ub")
 CONTROLS = ("pama_unscaled", "mgda_local")
 
 
@@ -45,9 +46,11 @@ class TinyPolicy(nn.Module):
         self.emb = nn.Embedding(vocab, dim)
         self.head = nn.Linear(dim, vocab)
 
-    def forward(self, states: Tensor, actions: Tensor) -> Tensor:
-        logits = self.head(torch.tanh(self.emb(states)))
-        return logits.log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    def forward(self, states: Tensor, actions: Tensor, with_hidden: bool = False):
+        hidden = torch.tanh(self.emb(states))
+        logits = self.head(hidden)
+        logprobs = logits.log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return (logprobs, hidden) if with_hidden else logprobs
 
 
 def make_problem() -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -91,6 +94,10 @@ def train_single(init: dict[str, Tensor], batch: dict[str, Tensor], scenario: st
             u = ratio(lp, batch["ref"])
             losses = ppo_losses_from_ratio(u, batch["adv"], batch["mask"])
             PAMA()(losses, shared=u).loss.backward()
+        elif scenario == "mgda_ub":
+            lp, hidden = model(batch["states"], batch["actions"], with_hidden=True)
+            losses = ppo_losses(lp, batch["ref"], batch["adv"], batch["mask"])
+            MGDA(mode="shared")(losses, shared=hidden).loss.backward()
         else:
             norm = "l2" if scenario == "mgda_l2" else "none"
             losses = ppo_losses(lp, batch["ref"], batch["adv"], batch["mask"])
@@ -121,12 +128,15 @@ def train_distributed(accelerator, init: dict[str, Tensor], batch: dict, scenari
             losses = ppo_losses_from_ratio(u, local["adv"], mask) * scale
             accelerator.backward(PAMA()(losses, shared=u).loss)
         elif scenario in ("mgda", "mgda_l2"):
-            # the forward must not arm DDP's reducer: the gradient is written by the combiner
-            with accelerator.no_sync(model):
-                lp = model(local["states"], local["actions"])
-                losses = ppo_losses(lp, local["ref"], local["adv"], mask) * scale
-                norm = "l2" if scenario == "mgda_l2" else "none"
-                DistributedMGDA(normalization=norm).step(losses, model.parameters())
+            lp = model(local["states"], local["actions"])
+            losses = ppo_losses(lp, local["ref"], local["adv"], mask) * scale
+            norm = "l2" if scenario == "mgda_l2" else "none"
+            res = DistributedMGDA(normalization=norm)(losses, params=list(model.parameters()))
+            accelerator.backward(res.loss)
+        elif scenario == "mgda_ub":
+            lp, hidden = model(local["states"], local["actions"], with_hidden=True)
+            losses = ppo_losses(lp, local["ref"], local["adv"], mask) * scale
+            accelerator.backward(DistributedMGDA(mode="shared")(losses, shared=hidden).loss)
         elif scenario == "mgda_local":
             lp = model(local["states"], local["actions"])
             losses = ppo_losses(lp, local["ref"], local["adv"], mask) * scale
@@ -242,11 +252,9 @@ def test_helpers_are_identity_on_one_process() -> None:
         model = TinyPolicy().double()
         model.load_state_dict(init)
         losses = ppo_losses(model(batch["states"], batch["actions"]), batch["ref"], batch["adv"])
-        if use_helper:
-            res = DistributedMGDA().step(losses, model.parameters())
-        else:
-            res = MGDA(mode="params")(losses, params=list(model.parameters()))
-            res.loss.backward()
+        combiner = DistributedMGDA() if use_helper else MGDA(mode="params")
+        res = combiner(losses, params=list(model.parameters()))
+        res.loss.backward()
         grads.append(([p.grad.clone() for p in model.parameters()], res.weights))
     for a, b in zip(grads[0][0], grads[1][0], strict=True):
         torch.testing.assert_close(a, b)
