@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
-import pytest
-import torch
+# BLAS threads are fixed when the library loads, so before numpy/torch are imported: one
+# thread, for the same reason as --bench-threads (see pytest_configure).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, os.environ.get("PARETOOPT_BENCH_THREADS", "1"))
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from benchlib import PROFILES, THREADS_ENV, current_profile
-from benchlib import machine_info as bench_machine_info
+from benchlib import PROFILES, THREADS_ENV, current_profile  # noqa: E402
+from benchlib import machine_info as bench_machine_info  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
