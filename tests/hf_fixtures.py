@@ -1,14 +1,13 @@
 """A tiny GPT-2-shaped policy and a word-level tokenizer, built in code, saved to disk.
 
 Everything goes through the real loading path (``from_pretrained(path)``); nothing
-is downloaded.  Built once per test session.
+is downloaded.  Test modules wrap :func:`make_tiny_lm` in a session fixture.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 WORDS = [
@@ -79,10 +78,8 @@ def build_policy(path: Path, vocab_size: int, eos_id: int, eos_prob: float = 0.3
     model.save_pretrained(str(path))
 
 
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder with a tiny GPT-2 policy and its tokenizer (loadable by path)."""
-    path = tmp_path_factory.mktemp("tiny_lm")
+def make_tiny_lm(path: Path) -> Path:
+    """Write a tiny GPT-2 policy and its tokenizer into ``path`` (loadable by path)."""
     tok = build_tokenizer(path)
     build_policy(path, len(tok), tok.eos_token_id)
     return path

@@ -239,12 +239,16 @@ class MOPPOTrainer:
                     base, str(self.resume_dir / "policy"), is_trainable=True
                 )
             else:
+                from transformers.pytorch_utils import Conv1D
+
                 lora = LoraConfig(
                     task_type="CAUSAL_LM",
                     r=cfg.lora_r,
                     lora_alpha=cfg.lora_alpha,
                     lora_dropout=cfg.lora_dropout,
                     target_modules=cfg.lora_target_modules,
+                    # GPT-2-style Conv1D layers store weights transposed.
+                    fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
                 )
                 model = get_peft_model(base, lora)
             return model, None
@@ -461,7 +465,10 @@ class MOPPOTrainer:
         result = self.combiner(list(losses.unbind(0)), **kwargs)
         stats = {k: float(v) for k, v in (result.stats or {}).items() if _is_number(v)}
         stats.update(
-            {f"loss/objective/{self.reward_names[i]}": float(v) for i, v in enumerate(losses)}
+            {
+                f"loss/objective/{self.reward_names[i]}": float(v)
+                for i, v in enumerate(losses.detach())
+            }
         )
         return result.loss, result.weights, stats
 
@@ -787,6 +794,9 @@ class _Reporter:
             max_steps=trainer.config.steps,
             seed=trainer.config.seed,
             learning_rate=trainer.config.learning_rate,
+            use_cpu=trainer.device.type == "cpu",
+            # Reuse the trainer's accelerate state; by default TrainingArguments resets it.
+            accelerator_config={"use_configured_state": True},
         )
         self.state = TrainerState(max_steps=trainer.config.steps, global_step=trainer.global_step)
         self.state.is_world_process_zero = True

@@ -1,0 +1,206 @@
+"""``paretoopt train``: multi-objective PPO on a prompt file.
+
+Example::
+
+    paretoopt train --policy gpt2 --prompts prompts.txt \\
+        --reward sentiment=lvwerra/distilbert-imdb:1 --reward length \\
+        --combiner pama --steps 100 --output-dir runs/pama
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "load_prompts", "main"]
+
+_EPILOG = """\
+reward specs (repeat --reward, one per objective):
+  length                      clip(len(response chars) / 140, 0, 1)
+  length:SCALE[:LO:HI[:UNIT]] clip(len / SCALE, LO, HI); UNIT chars (default) or words
+  NAME=NAME_OR_PATH[:LABEL]   a sequence-classification reward model; logit LABEL (default 0)
+  NAME_OR_PATH[:LABEL]        the same, named after the path
+
+prompt file: one prompt per line (.txt), or JSON lines with a "prompt" field (.jsonl).
+Metrics go to OUTPUT_DIR/metrics.jsonl; checkpoints to OUTPUT_DIR/checkpoint-STEP.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="paretoopt train",
+        description=(
+            "Multi-objective PPO (PAMA's Algorithm 1) on a causal LM with n rewards. "
+            "Defaults follow the paper (lr 1e-5, KL coef 0.2, cliprange 0.2, GAE lambda 0.95, "
+            "gamma 1, adaptive KL)."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--policy", required=True, help="model name or local path (AutoModelForCausalLM)"
+    )
+    p.add_argument("--tokenizer", help="tokenizer name or path (default: the policy's)")
+    p.add_argument("--prompts", required=True, type=Path, help="prompt file (.txt or .jsonl)")
+    p.add_argument(
+        "--reward",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="one objective's reward (repeat); see the specs below",
+    )
+    p.add_argument(
+        "--combiner",
+        choices=["pama", "linear", "morlhf", "mgda_ub", "mgda"],
+        help="how the objectives are combined (default pama)",
+    )
+    p.add_argument(
+        "--weights", type=float, nargs="+", help="fixed weights for --combiner linear/morlhf"
+    )
+    p.add_argument("--granularity", choices=["token", "sample", "batch"], help="PAMA granularity")
+    p.add_argument("--config", type=Path, help="MOPPOConfig as JSON; flags given here override it")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="prompts per step and process")
+    p.add_argument("--mini-batch-size", type=int)
+    p.add_argument("--ppo-epochs", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float)
+    p.add_argument("--kl-coef", type=float)
+    p.add_argument("--target-kl", type=float)
+    p.add_argument("--no-adaptive-kl", action="store_true", help="keep the KL coefficient fixed")
+    p.add_argument("--cliprange", type=float)
+    p.add_argument("--vf-coef", type=float)
+    p.add_argument("--ratio-to", choices=["ref", "old"], help="ratio to pi_ref (paper) or pi_old")
+    p.add_argument("--advantage-normalization", choices=["none", "scale", "whiten"])
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter (r 64, alpha 128)")
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--resume", metavar="DIR", help="checkpoint folder, or 'latest' in --output-dir")
+    p.add_argument(
+        "--report-to", nargs="*", help="transformers integrations, e.g. tensorboard wandb"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sample", type=int, default=0, help="print N greedy responses at the end")
+    return p
+
+
+def load_prompts(path: Path) -> list[str]:
+    """Prompts from a text file (one per line) or JSON lines with a ``prompt`` field."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "prompt" not in record:
+                raise ValueError(f"{path}:{number}: no 'prompt' field")
+            prompts.append(str(record["prompt"]))
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"no prompts in {path}")
+    return prompts
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from .config import MOPPOConfig
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        data.update(json.loads(args.config.read_text()))
+    direct = [
+        "combiner",
+        "steps",
+        "batch_size",
+        "mini_batch_size",
+        "ppo_epochs",
+        "max_new_tokens",
+        "learning_rate",
+        "kl_coef",
+        "target_kl",
+        "cliprange",
+        "vf_coef",
+        "ratio_to",
+        "advantage_normalization",
+        "temperature",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "dtype",
+        "mixed_precision",
+        "seed",
+        "output_dir",
+        "save_every",
+        "report_to",
+    ]
+    for key in direct:
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = value
+    if args.granularity is not None:
+        data["pama_granularity"] = args.granularity
+    if args.weights is not None:
+        data.setdefault("combiner_kwargs", {})["weights"] = args.weights
+    if args.no_adaptive_kl:
+        data["adaptive_kl"] = False
+    if args.lora:
+        data["use_lora"] = True
+    if args.cpu:
+        data["cpu"] = True
+    if args.no_progress:
+        data["progress"] = False
+    if args.resume is not None:
+        data["resume_from"] = args.resume
+    if "mini_batch_size" not in data and "batch_size" in data:
+        data["mini_batch_size"] = min(data["batch_size"], MOPPOConfig.mini_batch_size)
+    return MOPPOConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``paretoopt train``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        from . import MOPPOTrainer
+        from .rewards import RewardError, parse_reward_spec
+
+        config = _config_from_args(args)
+        prompts = load_prompts(args.prompts)
+        rewards = [parse_reward_spec(spec) for spec in args.reward]
+        tokenizer = None
+        if args.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        trainer = MOPPOTrainer(
+            config, args.policy, tokenizer=tokenizer, prompts=prompts, rewards=rewards
+        )
+        history = trainer.train()
+    except (RewardError, ValueError, FileNotFoundError) as exc:
+        print(f"paretoopt train: error: {exc}", file=sys.stderr)
+        return 2
+    if trainer.accelerator.is_main_process:
+        last = history[-1] if history else {}
+        shown = {k: round(v, 4) for k, v in last.items() if k.startswith(("reward/", "kl"))}
+        print(f"done: {trainer.global_step} steps; last {shown}; output in {config.output_dir}")
+        if args.sample:
+            for prompt, response in zip(
+                prompts[: args.sample], trainer.generate(prompts[: args.sample]), strict=True
+            ):
+                print(f"{prompt!r} -> {response!r}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
