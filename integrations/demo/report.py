@@ -46,7 +46,7 @@ def results_table(results: Mapping[str, Any]) -> str:
             cells.append(_fmt(stats["mean"], stats["std"]))
         hv = entry.get("hypervolume")
         cells.append(_fmt(hv["mean"], hv["std"], digits=3) if hv else "n/a")
-        cells.append(str(len(entry.get("seeds", []))) if key != "sft" else "-")
+        cells.append(str(len(entry["seeds"])) if entry.get("seeds") else "-")
         lines.append("| " + " | ".join(cells) + " |")
     ref = ", ".join(
         f"{o}={v:.2f}" for o, v in zip(objectives, results["reference_point"], strict=True)
@@ -126,8 +126,8 @@ def plot_curves(results: Mapping[str, Any], path: Path, smooth: int = 5) -> None
 
 
 def plot_pareto(results: Mapping[str, Any], path: Path) -> None:
-    """Final held-out rewards: each seed (small), each method's mean ± std (large),
-    the reference point of the hypervolume, and the Pareto front of the method means."""
+    """Final held-out rewards: each seed (small), each method's mean ± std (large) and the
+    Pareto front of the method means; the hypervolume reference is given in a corner."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +158,8 @@ def plot_pareto(results: Mapping[str, Any], path: Path) -> None:
     ax.step(front[:, 0], front[:, 1], where="post", color="k", lw=1, alpha=0.6,
             label="Pareto front of means")  # fmt: skip
     ref = results["reference_point"]
-    ax.scatter([ref[0]], [ref[1]], marker="x", color="k", label="HV reference")
+    ax.text(0.01, 0.01, f"HV reference: ({ref[0]:.2f}, {ref[1]:.2f})", transform=ax.transAxes,
+            fontsize=7, color="0.3")  # fmt: skip
     ax.set_xlabel(f"{x_obj} reward (held-out) →")
     ax.set_ylabel(f"{y_obj} reward (held-out) →")
     ax.set_title("Final points: small = one seed, large = mean ± std")
