@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from paretoopt.functional import MinNormMethod, min_norm_weights
+from paretoopt.functional import MinNormMethod, gram_matrix, min_norm_weights
 
 __all__ = ["MGDAReferenceResult", "flatten_gradients", "mgda_reference_step"]
 
@@ -50,11 +50,13 @@ class MGDAReferenceResult:
     jacobian_bytes: int = 0
 
 
+def _grad_or_zeros(p: Tensor) -> Tensor:
+    return torch.zeros_like(p) if p.grad is None else p.grad
+
+
 def flatten_gradients(params: Sequence[Tensor]) -> Tensor:
     """Concatenate the ``.grad`` of ``params`` into one ``[d]`` vector (zeros where unused)."""
-    return torch.cat(
-        [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params]
-    )
+    return torch.cat([_grad_or_zeros(p).reshape(-1) for p in params])
 
 
 def mgda_reference_step(
@@ -85,7 +87,8 @@ def mgda_reference_step(
     seconds: dict[str, float] = {"backward": 0.0, "flatten": 0.0}
 
     # 1-2. n backward passes; after each, flatten the gradients into row i of J.
-    rows: list[Tensor] = []
+    d = sum(p.numel() for p in plist)
+    jac = torch.empty(n, d, dtype=plist[0].dtype, device=plist[0].device)  # [n, d]
     for i, loss in enumerate(items):
         if loss.dim() != 0:
             raise ValueError(f"loss of objective {i} is not a scalar (shape {tuple(loss.shape)})")
@@ -95,19 +98,15 @@ def mgda_reference_step(
         # The graph is kept for the next objective's backward pass.
         loss.backward(retain_graph=i < n - 1)
         t1 = time.perf_counter()
-        rows.append(flatten_gradients(plist))
+        torch.cat([_grad_or_zeros(p).reshape(-1) for p in plist], out=jac[i])
         seconds["backward"] += t1 - t0
         seconds["flatten"] += time.perf_counter() - t1
-    t0 = time.perf_counter()
-    jac = torch.stack(rows)  # [n, d]
-    del rows
-    seconds["flatten"] += time.perf_counter() - t0
+        for p in plist:
+            p.grad = None
 
-    # 3. Gram matrix in float64: the O(n^2 d) part.
+    # 3. Gram matrix, accumulated in float64 block by block: the O(n^2 d) part.
     t0 = time.perf_counter()
-    jac64 = jac.double()
-    gram = jac64 @ jac64.T
-    del jac64
+    gram = gram_matrix(jac)
     seconds["gram"] = time.perf_counter() - t0
 
     # 4. Min-norm point of the convex hull of the n gradients.
