@@ -463,7 +463,11 @@ class MOPPOTrainer:
         elif requires == "params":
             kwargs["params"] = [p for p in self.policy.parameters() if p.requires_grad]
         result = self.combiner(list(losses.unbind(0)), **kwargs)
-        stats = {k: float(v) for k, v in (result.stats or {}).items() if _is_number(v)}
+        stats = {
+            self._named_key(k): float(v)
+            for k, v in (result.stats or {}).items()
+            if _is_number(v) and not k.startswith("weight/")  # weights are logged by name
+        }
         stats.update(
             {
                 f"loss/objective/{self.reward_names[i]}": float(v)
@@ -471,6 +475,13 @@ class MOPPOTrainer:
             }
         )
         return result.loss, result.weights, stats
+
+    def _named_key(self, key: str) -> str:
+        """``"loss_weight/1"`` -> ``"loss_weight/<name of objective 1>"``."""
+        head, sep, tail = key.rpartition("/")
+        if sep and tail.isdigit() and int(tail) < self.n_objectives:
+            return f"{head}/{self.reward_names[int(tail)]}"
+        return key
 
     def update(self, batch: RolloutBatch, step: int, timings: dict[str, float]) -> dict[str, float]:
         """PPO epochs over shuffled mini-batches; returns averaged loss statistics."""
