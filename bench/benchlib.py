@@ -47,8 +47,8 @@ class Profile:
 PROFILE_TABLE: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
-        target_s=0.2,
-        rounds=2,
+        target_s=0.05,
+        rounds=1,
         ws_n=(2, 8),
         ws_sizes=(1_000, 10_000),
         ws_max_elems=10**6,
