@@ -227,3 +227,44 @@ def test_unequal_token_counts_equal_one_process(
     want = train_once(model_dir, tmp_path, "pama", UNEQUAL, 1)
     for rank, res in enumerate(spawned):
         _assert_same(res["unequal/pama"], want, f"unequal rank {rank}")
+
+
+@pytest.mark.slow
+def test_cli_training_under_accelerate_launch(model_dir: Path, tmp_path: Path) -> None:
+    """`paretoopt train` started by `accelerate launch` on 2 CPU processes (docs command)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("accelerate CLI not installed")
+    (model_dir / "policy_with_tok").mkdir(exist_ok=True)
+    for folder in ("policy", "tok"):
+        for f in (model_dir / folder).iterdir():
+            shutil.copy(f, model_dir / "policy_with_tok" / f.name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    cmd = [
+        launcher, "launch", "--multi_gpu", "--num_processes", str(WORLD), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+        str(_free_port()), "-m", "paretoopt.cli", "train",
+        "--policy", str(model_dir / "policy_with_tok"), "--prompts", str(prompts),
+        "--reward", "length:8:0:1:words", "--reward", "length", "--steps", "2",
+        "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "6",
+        "--output-dir", str(out), "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in lines] == [1.0, 2.0]  # written once, by the main process
+    assert all("reward/length" in row and "binding_rate/length" in row for row in lines)
+    assert (out / "checkpoint-2").is_dir()
