@@ -327,14 +327,15 @@ class MOPPOTrainer:
     def rollout(self, prompts: list[str]) -> Rollout:
         """Sample one response per prompt from the current policy."""
         self.model.eval()
-        return generate_rollout(
-            self.policy,
-            self.tokenizer,
-            prompts,
-            self.generation_config,
-            device=self.device,
-            max_prompt_length=self.config.max_prompt_length,
-        )
+        with self.accelerator.autocast():
+            return generate_rollout(
+                self.policy,
+                self.tokenizer,
+                prompts,
+                self.generation_config,
+                device=self.device,
+                max_prompt_length=self.config.max_prompt_length,
+            )
 
     def score(self, rollout: Rollout, step: int | None = None) -> torch.Tensor:
         """Scores ``[n, B]`` on the device; see :func:`~integrations.hf.rewards.score_batch`."""
@@ -359,13 +360,19 @@ class MOPPOTrainer:
         for lo in range(0, rollout.input_ids.shape[0], mb):
             ids = rollout.input_ids[lo : lo + mb]
             attn = rollout.attention_mask[lo : lo + mb]
-            out = self.unwrapped(ids, attn, rollout.response_start, temperature=temperature)
+            # The same autocast as the prepared model's forward in the update: ratios start at 1.
+            with self.accelerator.autocast():
+                out = self.unwrapped(ids, attn, rollout.response_start, temperature=temperature)
+                with self.reference_context():
+                    ref = response_forward(
+                        self.reference_model,
+                        ids,
+                        attn,
+                        rollout.response_start,
+                        temperature=temperature,
+                    )
             parts["logprobs"].append(out["logprobs"])
             parts["values"].append(out["values"])
-            with self.reference_context():
-                ref = response_forward(
-                    self.reference_model, ids, attn, rollout.response_start, temperature=temperature
-                )
             parts["ref_logprobs"].append(ref["logprobs"])
         return {
             "logprobs": torch.cat(parts["logprobs"], dim=0),
@@ -698,14 +705,15 @@ class MOPPOTrainer:
         texts: list[str] = []
         prompts = list(prompts)
         for lo in range(0, len(prompts), self.config.batch_size):
-            roll = generate_rollout(
-                self.policy,
-                self.tokenizer,
-                prompts[lo : lo + self.config.batch_size],
-                config,
-                device=self.device,
-                max_prompt_length=self.config.max_prompt_length,
-            )
+            with self.accelerator.autocast():
+                roll = generate_rollout(
+                    self.policy,
+                    self.tokenizer,
+                    prompts[lo : lo + self.config.batch_size],
+                    config,
+                    device=self.device,
+                    max_prompt_length=self.config.max_prompt_length,
+                )
             texts.extend(roll.responses)
         return texts
 
