@@ -156,7 +156,11 @@ class MOPPOTrainer:
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
-        self.combiner = combiner if combiner is not None else _make_combiner(config)
+        self.combiner = (
+            combiner
+            if combiner is not None
+            else _make_combiner(config, self.accelerator.num_processes)
+        )
         self.use_pama_fast_path = _is_pama(self.combiner) and config.pama_fast_path
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
@@ -446,12 +450,13 @@ class MOPPOTrainer:
         cfg = self.config
         mask = batch.mask[idx]
         anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
+        scale = self._dp_loss_scale(mask)
         if self.use_pama_fast_path:
             assert batch.s_star is not None
             loss = ppo_surrogate(
                 out["logprobs"], anchor, batch.s_star[idx], mask, cliprange=cfg.cliprange
             )
-            return loss, None, {}
+            return loss * scale, None, {}
         advantages = batch.advantages[:, idx]
         requires = getattr(self.combiner, "requires", None)
         kwargs: dict[str, Any] = {}
@@ -464,6 +469,7 @@ class MOPPOTrainer:
             losses = ppo_losses(
                 out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=True
             )
+        losses = losses * scale
         if requires == "shared" and "shared" not in kwargs:
             # MGDA-UB: the last hidden states; only response positions get nonzero gradients.
             kwargs["shared"] = out["hidden_full"]
@@ -482,6 +488,20 @@ class MOPPOTrainer:
             }
         )
         return result.loss, result.weights, stats
+
+    def _dp_loss_scale(self, mask: torch.Tensor) -> float | torch.Tensor:
+        """Under data parallelism, ``W c_r / sum_q c_q`` (c = valid tokens per process).
+
+        Each loss is a mean over this process's tokens and DDP averages gradients
+        over processes; the factor makes that average the global token mean, so W
+        processes take the single-process step.  Collective: every process runs
+        the same number of mini-batches.  1 on one process.
+        """
+        if self.accelerator.num_processes == 1:
+            return 1.0
+        from integrations.distributed import dp_loss_scale
+
+        return dp_loss_scale(mask).to(torch.float32)
 
     def _named_key(self, key: str) -> str:
         """``"loss_weight/1"`` -> ``"loss_weight/<name of objective 1>"``."""
@@ -521,7 +541,7 @@ class MOPPOTrainer:
                     mask,
                     cfg.cliprange_value,
                 )
-                loss = pg_loss + cfg.vf_coef * vf_loss
+                loss = pg_loss + cfg.vf_coef * vf_loss * self._dp_loss_scale(mask)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss at step {step} (policy {float(pg_loss)}, "
@@ -613,24 +633,42 @@ class MOPPOTrainer:
         metrics["kl"] = float(per_sample[:, self.n_objectives].mean())
         metrics["kl_coef"] = self.kl_controller.value
         metrics["response_length"] = float(per_sample[:, self.n_objectives + 1].mean())
+        # Token-level metrics: means over this process's valid tokens ...
+        token_means: dict[str, float] = {}
         for i, name in enumerate(self.reward_names):
-            metrics[f"advantage/{name}"] = float(masked_mean(batch.raw_advantages[i], batch.mask))
+            token_means[f"advantage/{name}"] = float(
+                masked_mean(batch.raw_advantages[i], batch.mask)
+            )
         stats = batch.pama_stats
         for i, name in enumerate(self.reward_names):
             rate = stats.get(f"binding_rate/{i}")
             if rate is not None:
-                metrics[f"binding_rate/{name}"] = float(rate)
+                token_means[f"binding_rate/{name}"] = float(rate)
         for key in ("conflict_rate", "zero_rate", "mean_s_star"):
             if key in stats:
-                metrics[key] = float(stats[key])
+                token_means[key] = float(stats[key])
         if self.use_pama_fast_path:
             assert batch.pama_weights is not None
             for i, name in enumerate(self.reward_names):
                 w = batch.pama_weights[i]
                 if w.shape == batch.mask.shape:
-                    metrics[f"weights/{name}"] = float(masked_mean(w.float(), batch.mask))
+                    token_means[f"weights/{name}"] = float(masked_mean(w.float(), batch.mask))
                 else:
-                    metrics[f"weights/{name}"] = float(w.float().mean())
+                    token_means[f"weights/{name}"] = float(w.float().mean())
+        if self.accelerator.num_processes > 1 and token_means:
+            # ... and over all processes, each weighted by its number of valid tokens.
+            keys = sorted(token_means)
+            count = float(batch.mask.sum())
+            local = torch.tensor(
+                [[token_means[k] * count for k in keys] + [count]],
+                dtype=torch.float64,
+                device=self.device,
+            )
+            total = gather(local).sum(dim=0)
+            token_means = {
+                k: float(total[j] / total[-1].clamp_min(1.0)) for j, k in enumerate(keys)
+            }
+        metrics.update(token_means)
         # Loss statistics are per process; average them across processes.
         keys = sorted(update_stats)
         if keys:
@@ -870,12 +908,18 @@ def _is_pama(combiner: Any) -> bool:
     return isinstance(combiner, PAMA)
 
 
-def _make_combiner(config: MOPPOConfig) -> Any:
+def _make_combiner(config: MOPPOConfig, num_processes: int = 1) -> Any:
     from paretoopt import make_combiner
 
     kwargs = dict(config.combiner_kwargs)
     if config.combiner == "pama":
         kwargs.setdefault("granularity", config.pama_granularity)
+    if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
+        # MGDA's Gram matrix does not decompose over processes: reduce it globally.
+        from integrations.distributed import DistributedMGDA
+
+        mode = "params" if config.combiner == "mgda" else "shared"
+        return DistributedMGDA(mode=kwargs.pop("mode", mode), **kwargs)
     return make_combiner(config.combiner, **kwargs)
 
 
