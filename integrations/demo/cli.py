@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="demo-results", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument(
         "--quick", action="store_true", help="fewer steps and seeds: a few minutes on 2 CPU cores"
     )
