@@ -8,11 +8,10 @@ PAMA's closed form) followed by one ``update`` must give the parameters a single
 gets on the whole batch. The rollouts are built by hand, so the valid-token count of
 each half is chosen.
 
-With equal token counts per process this holds today for PAMA (fast path) and for exact
-MGDA / MGDA-UB through :class:`integrations.distributed.DistributedMGDA`. With unequal
-counts the trainer's per-process token means weight the processes unequally (see
-docs/distributed.md); that case is marked xfail until the trainer scales its losses with
-:func:`integrations.distributed.dp_loss_scale`.
+This is checked for PAMA (fast path), exact MGDA and MGDA-UB (the trainer uses
+:class:`integrations.distributed.DistributedMGDA` on several processes), with equal
+valid-token counts per process, and for PAMA and MGDA with unequal counts (the trainer scales its
+token-mean losses with :func:`integrations.distributed.dp_loss_scale`).
 """
 
 from __future__ import annotations
@@ -89,14 +88,9 @@ def train_once(model_dir: Path, out: Path, scenario: str, lengths: list[int], wo
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tok"))
-    kwargs = {}
-    combiner = "pama"
-    if scenario == "mgda":
-        combiner = "mgda"
-        kwargs["combiner"] = DistributedMGDA(mode="params")
-    elif scenario == "mgda_ub":
-        combiner = "mgda_ub"
-        kwargs["combiner"] = DistributedMGDA(mode="shared")
+    # combiner="mgda"/"mgda_ub": on several processes the trainer itself builds
+    # DistributedMGDA; on one process the core MGDA.
+    combiner = scenario
     local_batch = len(PROMPTS) // world
     config = MOPPOConfig(
         combiner=combiner,
@@ -120,8 +114,9 @@ def train_once(model_dir: Path, out: Path, scenario: str, lengths: list[int], wo
         prompts=list(PROMPTS),
         rewards=[_constant, _constant],
         reward_names=["a", "b"],
-        **kwargs,
     )
+    expected = DistributedMGDA if world > 1 and scenario != "pama" else type(trainer.combiner)
+    assert isinstance(trainer.combiner, expected)
     rollout, scores = make_rollout(tokenizer, lengths)
     rank = trainer.accelerator.process_index
     rollout, scores = _part(rollout, scores, rank, world)
@@ -156,7 +151,7 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     out = Path(out_dir)
     results = {}
     for name, lengths in (("equal", EQUAL), ("unequal", UNEQUAL)):
-        scenarios = SCENARIOS if name == "equal" else ("pama",)
+        scenarios = SCENARIOS if name == "equal" else ("pama", "mgda")
         for scenario in scenarios:
             results[f"{name}/{scenario}"] = train_once(
                 Path(model_dir), out, scenario, lengths, WORLD
@@ -217,16 +212,13 @@ def test_update_on_two_processes_equals_one_process(
         _assert_same(res[f"equal/{scenario}"], want, f"{scenario} rank {rank}")
 
 
-@pytest.mark.xfail(
-    reason="MOPPOTrainer averages tokens per process; needs dp_loss_scale (docs/distributed.md)",
-    strict=False,
-)
+@pytest.mark.parametrize("scenario", ["pama", "mgda"])
 def test_unequal_token_counts_equal_one_process(
-    spawned: list[dict], model_dir: Path, tmp_path: Path
+    scenario: str, spawned: list[dict], model_dir: Path, tmp_path: Path
 ) -> None:
-    want = train_once(model_dir, tmp_path, "pama", UNEQUAL, 1)
+    want = train_once(model_dir, tmp_path, scenario, UNEQUAL, 1)
     for rank, res in enumerate(spawned):
-        _assert_same(res["unequal/pama"], want, f"unequal rank {rank}")
+        _assert_same(res[f"unequal/{scenario}"], want, f"unequal {scenario} rank {rank}")
 
 
 @pytest.mark.slow
