@@ -23,6 +23,9 @@ pytest.importorskip("datasets")
 
 from paretoopt import pama_advantages
 
+# Two processes that each import TRL and train: about 30 s on 2 cores.
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 GROUP = 4
 STEPS = 2
