@@ -29,8 +29,9 @@ def check_finite(x: Tensor, name: str, objective_dim: int | None = None) -> None
     raise ValueError(f"{name} contains non-finite values ({count} NaN/inf element(s))")
 
 
-def stack_objectives(values: Tensor | Sequence[Tensor], name: str) -> Tensor:
-    """Stack per-objective tensors into ``[n, *shape]``; check count, shapes and finiteness."""
+def stack_objectives(values: Tensor | Sequence[Tensor], name: str, check: bool = True) -> Tensor:
+    """Stack per-objective tensors into ``[n, *shape]``; check count, shapes and (unless
+    ``check=False``, for callers that check on a cheaper reduction) finiteness."""
     if isinstance(values, Tensor):
         if values.dim() == 0:
             raise ValueError(f"{name} must have an objective dimension first; got a 0-d tensor")
@@ -57,7 +58,8 @@ def stack_objectives(values: Tensor | Sequence[Tensor], name: str) -> Tensor:
         raise ValueError(f"{name} is empty: need at least one objective")
     if not stacked.is_floating_point():
         stacked = stacked.to(torch.get_default_dtype())
-    check_finite(stacked, name, objective_dim=0)
+    if check:
+        check_finite(stacked, name, objective_dim=0)
     return stacked
 
 

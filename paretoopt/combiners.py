@@ -12,6 +12,7 @@ its inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -315,21 +316,19 @@ class MGDA(Combiner):
         plist = [p for p in plist if p.requires_grad]
         if not plist:
             raise ValueError("MGDA(mode='params'): no parameter in params requires grad")
-        rows = []
+        # Each objective's gradient is written straight into its row: one n x d buffer.
+        sizes = [p.numel() for p in plist]
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in plist))
+        jac = torch.empty(len(losses), sum(sizes), dtype=dtype, device=plist[0].device)
         for i, loss in enumerate(losses):
             grads = torch.autograd.grad(loss, plist, retain_graph=True, allow_unused=True)
             if all(g is None for g in grads):
                 raise ValueError(f"loss of objective {i} does not depend on any of the params")
-            rows.append(
-                torch.cat(
-                    [
-                        (torch.zeros_like(p) if g is None else g).reshape(-1)
-                        for g, p in zip(grads, plist, strict=True)
-                    ]
-                )
-            )
-        jac = torch.stack(rows)
-        check_finite(jac, "gradient w.r.t. the params", objective_dim=0)
+            for g, chunk in zip(grads, jac[i].split(sizes), strict=True):
+                if g is None:
+                    chunk.zero_()
+                else:
+                    chunk.copy_(g.reshape(-1))
         return jac
 
     def normalizers(self, losses: list[Tensor], gram: Tensor) -> Tensor:
@@ -356,6 +355,11 @@ class MGDA(Combiner):
         n = len(losses)
         jac = self.jacobian(losses, shared, params)
         gram = gram_matrix(jac).cpu()
+        if not bool(torch.isfinite(gram).all()):
+            # A non-finite gradient entry always reaches the Gram diagonal; name it.
+            where = "shared tensor" if self.mode == "shared" else "params"
+            check_finite(jac, f"gradient w.r.t. the {where}", objective_dim=0)
+            raise ValueError("the Gram matrix of the gradients overflowed float64")
         nu = self.normalizers(losses, gram)
         gram_n = gram / torch.outer(nu, nu)
         sol = min_norm_weights(gram_n, method=self.solver, tol=self.tol, max_iter=self.max_iter)

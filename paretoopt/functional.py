@@ -97,40 +97,59 @@ def pama_closed_form(coefs: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     a = coefs.movedim(dim, 0)
     if a.shape[0] == 0:
         raise ValueError("coefs has no objectives (size 0 along the objective dimension)")
-    check_finite(a, "coefs", objective_dim=0)
+    s_star, mn, mx = _s_star(a, "coefs")
+    return s_star, _closed_form_weights(a, mn, mx).movedim(0, dim)
 
+
+def _s_star(a: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
+    """s* over dim 0, with the min and max; checks finiteness on the reductions only.
+
+    NaN propagates through ``amin``/``amax`` and +-inf shows up in one of them, so a
+    non-finite input always gives a non-finite min or max: the full scan that names the
+    objective runs only then.
+    """
     mn = a.amin(dim=0)
     mx = a.amax(dim=0)
-    s_star = torch.relu(mn) - torch.relu(-mx)
+    if not (bool(torch.isfinite(mn).all()) and bool(torch.isfinite(mx).all())):
+        check_finite(a, name, objective_dim=0)
+    return torch.relu(mn) - torch.relu(-mx), mn, mx
 
+
+def _closed_form_weights(a: Tensor, mn: Tensor, mx: Tensor) -> Tensor:
+    """Simplex weights attaining s* (see :func:`pama_closed_form` for the choice)."""
     wd = _weight_dtype(a.dtype)
-    af = a.to(wd)
     mnf, mxf = mn.to(wd), mx.to(wd)
-    is_min = (af == mnf).to(wd)
-    is_max = (af == mxf).to(wd)
-    is_zero = (af == 0).to(wd)
-    w_min = is_min / is_min.sum(0)
-    w_max = is_max / is_max.sum(0)
-    n_zero = is_zero.sum(0)
-    w_zero = is_zero / n_zero.clamp_min(1)
-
-    # Mixed strict signs: lambda * max + (1 - lambda) * min = 0.
-    gap = (mxf - mnf).clamp_min(torch.finfo(wd).tiny)
-    lam = (-mnf / gap).clamp(0, 1)
-    w_mixed = lam * w_max + (1 - lam) * w_min
-
-    all_pos = mn > 0
-    all_neg = mx < 0
-    has_zero = n_zero > 0
-    weights = torch.where(
-        all_pos, w_min, torch.where(all_neg, w_max, torch.where(has_zero, w_zero, w_mixed))
-    )
-    return s_star, weights.movedim(0, dim)
+    is_min = (a == mn).to(wd)
+    is_max = (a == mx).to(wd)
+    is_zero = (a == 0).to(wd)
+    n_min, n_max, n_zero = is_min.sum(0), is_max.sum(0), is_zero.sum(0)
+    # Per element, the share of the min group, the max group and the zero group:
+    # all > 0: (1, 0, 0); all < 0: (0, 1, 0); some zero: (0, 0, 1); mixed strict signs:
+    # (1 - lambda, lambda, 0) with lambda * max + (1 - lambda) * min = 0.
+    all_pos, all_neg, has_zero = mn > 0, mx < 0, n_zero > 0
+    lam = (-mnf / (mxf - mnf).clamp_min(torch.finfo(wd).tiny)).clamp(0, 1)
+    mixed = ~(all_pos | all_neg | has_zero)
+    share_min = torch.where(all_pos, 1.0, torch.where(mixed, 1 - lam, 0.0)).to(wd)
+    share_max = torch.where(all_neg, 1.0, torch.where(mixed, lam, 0.0)).to(wd)
+    share_zero = (has_zero & ~all_pos & ~all_neg).to(wd)
+    weights = is_min * (share_min / n_min)
+    weights += is_max * (share_max / n_max)
+    weights += is_zero * (share_zero / n_zero.clamp_min(1))
+    return weights
 
 
 def noon_clip(advantages: Tensor) -> Tensor:
     r"""Noon PPO ("no negative") clipping: :math:`A = \max(A', 0)`."""
     return advantages.clamp_min(0)
+
+
+def _objective_ndim(values: Tensor | Sequence[Tensor]) -> int:
+    """Number of dimensions of the stacked ``[n, ...]`` tensor, without stacking."""
+    if isinstance(values, Tensor):
+        return values.dim()
+    if isinstance(values, Sequence) and values and isinstance(values[0], Tensor):
+        return values[0].dim() + 1
+    return -1
 
 
 def _masked_mean(x: Tensor, mask: Tensor | None, dims: tuple[int, ...]) -> Tensor:
@@ -190,29 +209,36 @@ def pama_advantages(
     Returns:
         ``s*`` with the per-objective shape (and the weights if ``return_weights``).
     """
-    adv = stack_objectives(advantages, "advantages")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    per_element = granularity == "token" or (
+        granularity == "sample" and _objective_ndim(advantages) == 2
+    )
+    # The per-element path checks finiteness on its min/max reductions (one pass, not two).
+    adv = stack_objectives(advantages, "advantages", check=not per_element)
     if adv.dim() < 2:
         raise ValueError(
             "advantages must have shape [n, B] or [n, B, T] (objectives first); got shape "
             f"{tuple(adv.shape)}"
         )
     m = _check_mask(mask, adv.shape[1:])
-    if noon:
-        adv = noon_clip(adv)
 
-    if granularity == "token" or (granularity == "sample" and adv.dim() == 2):
-        s_star, weights = pama_closed_form(adv, dim=0)
+    if per_element and not return_weights:
+        # min_i max(A_i, 0) = max(min_i A_i, 0): Noon needs no clipped copy.
+        s_raw, mn, _ = _s_star(adv, "advantages")
+        s_star = torch.relu(mn) if noon else s_raw
+    elif per_element:
+        if noon:
+            adv = noon_clip(adv)
+        s_star, mn, mx = _s_star(adv, "advantages")
+        weights = _closed_form_weights(adv, mn, mx)
     else:
+        if noon:
+            adv = noon_clip(adv)
         wd = _weight_dtype(adv.dtype)
         advf = adv.to(wd)
-        reduce_dims = tuple(range(2, adv.dim())) if granularity == "sample" else None
-        if granularity == "sample":
-            summary = _masked_mean(advf, m, reduce_dims)  # [n, B]
-        else:
-            dims = tuple(range(1, adv.dim()))
-            summary = _masked_mean(advf, m, dims)  # [n]
+        dims = tuple(range(2 if granularity == "sample" else 1, adv.dim()))
+        summary = _masked_mean(advf, m, dims)  # [n, B] per sample, [n] per batch
         _, w = pama_closed_form(summary, dim=0)
         w = w.reshape(w.shape + (1,) * (adv.dim() - w.dim()))
         weights = w.expand_as(advf)
@@ -327,9 +353,11 @@ def kkt_residual(gram: Tensor | np.ndarray, weights: Tensor | np.ndarray) -> flo
     :math:`\max(v - \min_i (Gc)_i,\ \max_i c_i |(Gc)_i - v|) / \max_i G_{ii}` plus the
     distance of ``weights`` from the simplex (negative entries, sum off 1).
     """
-    g = _as_gram(gram)
     c = weights.detach().cpu().double().numpy() if isinstance(weights, Tensor) else weights
-    c = np.asarray(c, dtype=np.float64)
+    return _kkt(_as_gram(gram), np.asarray(c, dtype=np.float64))
+
+
+def _kkt(g: np.ndarray, c: np.ndarray) -> float:
     scale = float(np.max(np.diag(g)))
     if scale <= 0:
         scale = 1.0
@@ -345,11 +373,10 @@ def _affine_minimiser(gs: np.ndarray) -> np.ndarray:
     """Minimiser of ||sum y_i p_i||^2 subject to sum y = 1, from the Gram of the points."""
     k = gs.shape[0]
     kkt = np.zeros((k + 1, k + 1))
-    kkt[:k, :k] = gs
-    kkt[:k, k] = 1.0
-    kkt[k, :k] = 1.0
+    kkt[0, 1:] = kkt[1:, 0] = 1.0
+    kkt[1:, 1:] = gs
     rhs = np.zeros(k + 1)
-    rhs[k] = 1.0
+    rhs[0] = 1.0
     try:
         sol = np.linalg.solve(kkt, rhs)
         if not np.all(np.isfinite(sol)):
@@ -357,33 +384,121 @@ def _affine_minimiser(gs: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError:
         # Affinely dependent points (only through rounding in Wolfe's method): least squares.
         sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    y = sol[:k]
+    y = sol[1:]
     return y / y.sum()
+
+
+class _BorderedInverse:
+    """Inverse of the bordered matrix [[0, 1^T], [1, G_SS]] of Wolfe's active set S.
+
+    Adding or removing one point is a rank-one (Schur complement) update, O(k^2) instead of a
+    fresh O(k^3) solve, done in place in a preallocated buffer; the affine minimiser of S is
+    the first column of the inverse. It is rebuilt from scratch every ``refresh`` updates, or
+    when a Schur complement is too small to trust (points affinely dependent up to rounding).
+    """
+
+    refresh = 128
+
+    def __init__(self, g: np.ndarray, support: list[int]) -> None:
+        self.g = g
+        self.support = list(support)
+        self.buf = np.zeros((g.shape[0] + 2, g.shape[0] + 2))
+        self.updates = 0
+        self._rebuild()
+
+    @property
+    def size(self) -> int:
+        return len(self.support) + 1
+
+    def _rebuild(self) -> None:
+        s = np.array(self.support)
+        k1 = s.size + 1
+        m = np.zeros((k1, k1))
+        m[0, 1:] = m[1:, 0] = 1.0
+        m[1:, 1:] = self.g[np.ix_(s, s)]
+        try:
+            inv = np.linalg.inv(m)
+            if not np.all(np.isfinite(inv)):
+                raise np.linalg.LinAlgError
+        except np.linalg.LinAlgError:
+            inv = np.linalg.pinv(m)
+        self.buf[:k1, :k1] = inv
+        self.updates = 0
+
+    def add(self, j: int) -> None:
+        k1 = self.size
+        inv = self.buf[:k1, :k1]
+        b = np.empty(k1)
+        b[0] = 1.0
+        b[1:] = self.g[self.support, j]
+        w = inv @ b
+        schur = self.g[j, j] - b @ w
+        self.support.append(j)
+        self.updates += 1
+        if abs(schur) <= 1e-12 * max(1.0, abs(self.g[j, j])) or self.updates >= self.refresh:
+            self._rebuild()
+            return
+        inv += np.outer(w, w / schur)
+        self.buf[:k1, k1] = self.buf[k1, :k1] = -w / schur
+        self.buf[k1, k1] = 1.0 / schur
+
+    def remove(self, positions: np.ndarray) -> None:
+        for p in sorted((int(x) for x in positions), reverse=True):
+            k1 = self.size
+            q, last = p + 1, k1 - 1
+            inv = self.buf[:k1, :k1]
+            # Move the point to the last row/column (a symmetric permutation), then drop it.
+            if q != last:
+                inv[[q, last], :] = inv[[last, q], :]
+                inv[:, [q, last]] = inv[:, [last, q]]
+                self.support[p], self.support[-1] = self.support[-1], self.support[p]
+            self.support.pop()
+            self.updates += 1
+            pivot = inv[last, last]
+            if abs(pivot) <= 1e-300:
+                self._rebuild()
+                continue
+            col = inv[:last, last].copy()
+            inv[:last, :last] -= np.outer(col, inv[last, :last] / pivot)
+        if self.updates >= self.refresh:
+            self._rebuild()
+
+    def affine_minimiser(self) -> np.ndarray:
+        y = self.buf[1 : self.size, 0]
+        total = y.sum()
+        if not np.isfinite(total) or abs(total) < 1e-12:
+            return _affine_minimiser(self.g[np.ix_(self.support, self.support)])
+        return y / total
 
 
 def _wolfe(g: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
     """Wolfe's min-norm-point algorithm expressed through the Gram matrix only.
 
-    Exact in exact arithmetic (finite termination); ``g`` is normalised to max diag 1.
+    Exact in exact arithmetic (finite termination); ``g`` is normalised to max diag 1. The
+    active set's bordered system is kept as an inverse with rank-one updates, and the final
+    point is re-solved directly on its support.
     """
     n = g.shape[0]
     eps_pos = 1e-15
     j = int(np.argmin(np.diag(g)))
-    support = [j]
+    active = _BorderedInverse(g, [j])
     x = np.zeros(n)
     x[j] = 1.0
     it = 0
-    for it in range(1, max_iter + 1):
+    converged = False
+    while it < max_iter:
+        it += 1
         gx = g @ x
         v = float(x @ gx)
         j = int(np.argmin(gx))
         # Wolfe's test: X.X - min_j X.p_j <= tol * max ||p||^2 (= tol after normalisation).
-        if v - gx[j] <= tol or j in support:
-            return x, it, True
-        support.append(j)
+        if v - gx[j] <= tol or j in active.support:
+            converged = True
+            break
+        active.add(j)
         while True:  # minor cycle
-            s = np.array(support)
-            y = _affine_minimiser(g[np.ix_(s, s)])
+            s = np.array(active.support)
+            y = active.affine_minimiser()
             if np.all(y > eps_pos):
                 x = np.zeros(n)
                 x[s] = y
@@ -392,15 +507,30 @@ def _wolfe(g: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, b
             neg = y <= eps_pos
             theta = float(np.min(xs[neg] / (xs[neg] - y[neg])))
             xs = xs + theta * (y - xs)
-            keep = xs > eps_pos
-            if not np.any(keep):  # cannot happen in exact arithmetic; guard against rounding
-                keep[int(np.argmax(xs))] = True
-            support = [int(i) for i in s[keep]]
+            drop = xs <= eps_pos
+            if np.all(drop):  # cannot happen in exact arithmetic; guard against rounding
+                drop[int(np.argmax(xs))] = False
+            active.remove(np.flatnonzero(drop))
             x = np.zeros(n)
-            x[support] = xs[keep] / xs[keep].sum()
-            if len(support) == 1:
+            x[s[~drop]] = xs[~drop] / xs[~drop].sum()
+            if len(active.support) == 1:
                 break
-    return x, it, False
+    # Polish: the exact affine minimiser of the final support, if it is feasible.
+    s = np.array(active.support)
+    y = _affine_minimiser(g[np.ix_(s, s)])
+    if np.all(y >= 0):
+        polished = np.zeros(n)
+        polished[s] = y
+        if polished @ g @ polished <= x @ g @ x:
+            x = polished
+    return x, it, converged
+
+
+def _two_point(g: np.ndarray) -> np.ndarray:
+    """Closed form for n = 2: min over gamma of ||gamma p_1 + (1 - gamma) p_2||^2."""
+    denom = g[0, 0] + g[1, 1] - 2 * g[0, 1]
+    gamma = 0.5 if denom <= 0 else min(max((g[1, 1] - g[0, 1]) / denom, 0.0), 1.0)
+    return np.array([gamma, 1.0 - gamma])
 
 
 def _frank_wolfe(g: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
@@ -501,12 +631,14 @@ def min_norm_weights(
         return MinNormResult(
             weights=torch.from_numpy(w),
             value=float(w @ g @ w),
-            kkt_residual=kkt_residual(g, w),
+            kkt_residual=_kkt(g, w),
             iterations=0,
             method=method,
         )
     gn = g / scale
-    if method == "exact":
+    if method == "exact" and n == 2:
+        x, it, ok = _two_point(gn), 1, True
+    elif method == "exact":
         x, it, ok = _wolfe(gn, tol if tol is not None else 1e-14, max_iter or 50 * n + 100)
     elif method == "frank_wolfe":
         x, it, ok = _frank_wolfe(gn, tol if tol is not None else 1e-10, max_iter or 10_000)
@@ -517,14 +649,14 @@ def min_norm_weights(
     return MinNormResult(
         weights=torch.from_numpy(x),
         value=float(x @ g @ x),
-        kkt_residual=kkt_residual(g, x),
+        kkt_residual=_kkt(g, x),
         iterations=it,
         method=method,
         converged=ok,
     )
 
 
-def gram_matrix(jacobian: Tensor, chunk_size: int = 1 << 20) -> Tensor:
+def gram_matrix(jacobian: Tensor, chunk_size: int = 1 << 16) -> Tensor:
     r"""Gram matrix :math:`J J^T` of an ``[n, d]`` matrix, accumulated in float64.
 
     Columns are cast to float64 chunk by chunk so that the extra memory is
