@@ -329,3 +329,13 @@ def test_make_combiner_and_repr() -> None:
         "MGDA(mode='params', normalization='l2', solver='exact')"
     )
     assert repr(PAMA()) == "PAMA(granularity='token')"
+
+
+def test_nan_gradient_over_params_is_reported_by_mgda() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+    losses = [w.sum(), w.abs().sqrt().sum()]  # finite loss, infinite derivative at 0
+    with pytest.raises(ValueError, match="params for objective 1 contains non-finite"):
+        MGDA()(losses, params=[w])
+    with pytest.raises(ValueError, match="shared tensor for objective 1 contains non-finite"):
+        z = w * 1
+        MGDA(mode="shared")([z.sum(), z.abs().sqrt().sum()], shared=z)
