@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/paretoopt demo $(DEMO_ARGS)
 
 bench: $(STAMP)
-	$(VENV)/bin/paretoopt bench
+	$(VENV)/bin/paretoopt bench --out docs
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/paretoopt bench --quick
