@@ -15,6 +15,11 @@ real models take.
   the sentiment reward on the scale of the paper's (a few units), not saturating at 10+.
   A small penalty on ``(logit_neg + logit_pos)^2`` centres the logits, so the POSITIVE
   logit alone, the reward the demo reads, is half the log-odds: within about ±1.5.
+  Besides the finished reviews it is trained on unfinished ones (prefixes cut at random
+  and at the policy's ``max_new_tokens``, labelled with the full review's sentiment),
+  because the policy's responses are cut at that limit: trained on finished reviews
+  only, it scored cut-off negative reviews as strongly positive (+1.43), a reward the
+  policy could hack by rambling negatively until the limit.
 """
 
 from __future__ import annotations
@@ -36,14 +41,17 @@ from tqdm.auto import tqdm
 from integrations.demo.corpus import (
     CorpusConfig,
     Review,
+    heldout_unfinished_reviews,
     labelled_reviews,
     sft_reviews,
     split_prompts,
+    unfinished_reviews,
     vocabulary,
 )
 
 #: Bumped whenever the training code changes what a given configuration produces.
-ARTEFACT_FORMAT = 1
+#: 2: the reward model is also trained on unfinished (cut-off) reviews.
+ARTEFACT_FORMAT = 2
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
 
 
@@ -62,6 +70,11 @@ class ArtefactConfig:
         and heads; ``n_positions`` their context length.
     :param sft_steps: optimiser steps of the SFT policy (batch ``batch_size``).
     :param rm_steps: optimiser steps of the reward model.
+    :param rm_random_cuts: unfinished copies of each labelled review, cut at a random word,
+        added to the reward model's training set (0: finished reviews only, the old recipe).
+    :param rm_cut_lengths: continuation lengths (in words = tokens) at which labelled
+        reviews are also cut for the reward model: the policy's ``max_new_tokens``, where
+        its unfinished responses stop.
     :param label_smoothing: of the reward model's cross-entropy (bounds its log-odds).
     :param logit_centering: weight of the penalty that keeps the two logits summing to 0.
     :param seed: seed of model initialisation and batch order.
@@ -73,7 +86,9 @@ class ArtefactConfig:
     n_head: int = 4
     n_positions: int = 64
     sft_steps: int = 400
-    rm_steps: int = 250
+    rm_steps: int = 400
+    rm_random_cuts: int = 1
+    rm_cut_lengths: tuple[int, ...] = (24,)
     batch_size: int = 64
     learning_rate: float = 3e-3
     label_smoothing: float = 0.1
@@ -202,7 +217,12 @@ def train_reward_model(
     heldout: Sequence[Review],
     progress: bool = True,
 ):
-    """Sequence classifier NEGATIVE(0) / POSITIVE(1); returns (model, held-out accuracy)."""
+    """Sequence classifier NEGATIVE(0) / POSITIVE(1); returns (model, held-out accuracy).
+
+    The training set is ``reviews`` plus their unfinished prefixes
+    (:func:`~integrations.demo.corpus.unfinished_reviews` with ``config.rm_random_cuts``
+    random cuts per review and the cuts at ``config.rm_cut_lengths``).
+    """
     from transformers import GPT2ForSequenceClassification
 
     torch.manual_seed(config.seed + 1)
@@ -215,6 +235,12 @@ def train_reward_model(
             label2id={"NEGATIVE": 0, "POSITIVE": 1},
         )
     )
+    reviews = [
+        *reviews,
+        *unfinished_reviews(
+            reviews, config.seed, config.rm_cut_lengths, random_cuts=config.rm_random_cuts
+        ),
+    ]
     ids, mask = _encode(tokenizer, [r.text for r in reviews], eos=False)
     labels = torch.tensor([r.label for r in reviews])
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
@@ -238,11 +264,15 @@ def train_reward_model(
         opt.step()
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     model.eval()
-    h_ids, h_mask = _encode(tokenizer, [r.text for r in heldout], eos=False)
+    return model, classifier_accuracy(model, tokenizer, heldout)
+
+
+def classifier_accuracy(model, tokenizer, reviews: Sequence[Review]) -> float:
+    """Share of ``reviews`` whose label is the classifier's argmax."""
+    ids, mask = _encode(tokenizer, [r.text for r in reviews], eos=False)
     with torch.no_grad():
-        pred = model(input_ids=h_ids, attention_mask=h_mask).logits.argmax(-1)
-    accuracy = float((pred == torch.tensor([r.label for r in heldout])).float().mean())
-    return model, accuracy
+        pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+    return float((pred == torch.tensor([r.label for r in reviews])).float().mean())
 
 
 def load_or_train(
@@ -279,9 +309,14 @@ def load_or_train(
     heldout = labelled_reviews(heldout_cfg, heldout_prompts)
     policy, sft_loss = train_sft_policy(config, tokenizer, corpus, progress)
     reward_model, rm_accuracy = train_reward_model(config, tokenizer, labelled, heldout, progress)
+    unfinished = heldout_unfinished_reviews(config.corpus, cut_lengths=config.rm_cut_lengths)
     metrics = {
         "sft_final_loss": sft_loss,
         "reward_model_heldout_accuracy": rm_accuracy,
+        # On held-out reviews cut after their first sentiment word, before the final ".".
+        "reward_model_unfinished_accuracy": classifier_accuracy(
+            reward_model, tokenizer, unfinished
+        ),
         "train_seconds": time.perf_counter() - start,
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))

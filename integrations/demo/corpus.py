@@ -15,6 +15,10 @@ seed. It is built so that the two objectives pull against each other in the SFT 
 
 The reward model is trained on a separate labelled split where length and sentiment are
 independent (:func:`labelled_reviews`), so it learns the words, not the length shortcut.
+It also sees *unfinished* reviews (:func:`unfinished_reviews`): the policy's responses are
+cut at ``max_new_tokens``, and a classifier that only ever read finished reviews (ending
+with ".") scores such cut-off text arbitrarily (a cut negative review scored +1.43, the
+top of its range), which the policy can exploit.
 """
 
 from __future__ import annotations
@@ -154,6 +158,77 @@ def labelled_reviews(config: CorpusConfig, prompts: Sequence[str] | None = None)
         )
     rng.shuffle(reviews)
     return reviews
+
+
+def sentiment_word_index(continuation: str) -> int:
+    """Index (in words) of the first sentiment adjective of a continuation, -1 if none.
+
+    The first clause always ends with one ("was great", "felt so dull"), so every prefix
+    that reaches past this index carries the review's sentiment.
+    """
+    sentiment_words = set(POSITIVE_ADJ) | set(NEGATIVE_ADJ)
+    for i, word in enumerate(continuation.split()):
+        if word in sentiment_words:
+            return i
+    return -1
+
+
+def cut_review(review: Review, n_words: int) -> Review:
+    """``review`` with only the first ``n_words`` words of its continuation (same label)."""
+    return Review(review.prompt, " ".join(review.continuation.split()[:n_words]), review.label)
+
+
+def unfinished_reviews(
+    reviews: Sequence[Review],
+    seed: int | str,
+    cut_lengths: Sequence[int] = (),
+    random_cuts: int = 1,
+    min_words: int = 1,
+) -> list[Review]:
+    """Prefixes of ``reviews`` that stop before the final ".", labelled like the full review.
+
+    For a continuation of ``n`` words (the last one ".") it returns ``random_cuts`` prefixes
+    of ``k ~ U{min_words, ..., n - 1}`` words, plus, for every ``L`` in ``cut_lengths``
+    with ``L < n``, the prefix of ``L`` words: what the policy's response looks like when
+    generation stops at ``max_new_tokens = L`` (the tokenizer is word level, so a token is
+    a word). ``min_words = 1`` admits prefixes with no sentiment word yet ("was so"):
+    with the two labels equally likely for them, the classifier learns to score them near
+    0 rather than guess. Deterministic for ``seed``.
+    """
+    rng = random.Random(f"unfinished-{seed}")
+    out = []
+    for review in reviews:
+        n = len(review.continuation.split())
+        if n - 1 >= min_words:
+            out.extend(
+                cut_review(review, rng.randint(min_words, n - 1)) for _ in range(random_cuts)
+            )
+        out.extend(cut_review(review, length) for length in cut_lengths if length < n)
+    return out
+
+
+def heldout_unfinished_reviews(
+    config: CorpusConfig, n: int = 400, cut_lengths: Sequence[int] = ()
+) -> list[Review]:
+    """Held-out unfinished reviews whose true label is readable: the evaluation set.
+
+    Reviews on held-out prompts from a different generator seed than the reward model's
+    training split, each cut once at random *after* its first sentiment word and before
+    its final ".", plus the cuts at ``cut_lengths``.
+    """
+    held_cfg = CorpusConfig(**{**config.to_dict(), "n_labelled": n, "seed": config.seed + 1})
+    reviews = labelled_reviews(held_cfg, split_prompts(config)[1])
+    rng = random.Random(f"heldout-unfinished-{config.seed}")
+    out = []
+    for review in reviews:
+        n_words = len(review.continuation.split())
+        first = sentiment_word_index(review.continuation) + 1
+        if first <= n_words - 1:
+            out.append(cut_review(review, rng.randint(first, n_words - 1)))
+        out.extend(
+            cut_review(review, length) for length in cut_lengths if first <= length < n_words
+        )
+    return out
 
 
 def vocabulary() -> list[str]:

@@ -108,6 +108,7 @@ def tiny_config() -> DemoConfig:
             n_layer=1,
             sft_steps=60,
             rm_steps=60,
+            rm_cut_lengths=(8,),  # this config's max_new_tokens
             batch_size=32,
         ),
     )
