@@ -104,7 +104,9 @@ def run_suites(profile: str, suites: Sequence[str], json_path: Path, threads: in
         "-v",
         "--no-header",
     ]
-    env = dict(os.environ)
+    # A run started from inside pytest (the test suite, under xdist) must not look like an
+    # xdist worker to the child pytest, or pytest-benchmark skips writing the JSON.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["PARETOOPT_BENCH_THREADS"] = str(threads)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
