@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from dist_fixtures import free_port, set_worker_env
 from torch import Tensor, nn
 
 from integrations.distributed import DistributedMGDA, dp_loss_scale, global_mean_std
@@ -164,26 +164,12 @@ def run_worker(out_dir: str) -> None:
 
 
 def _spawned(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        OMP_NUM_THREADS="1",
-    )
+    set_worker_env(rank, world, port)
     run_worker(out_dir)
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check(results: list[dict], reference: dict[str, dict[str, Tensor]]) -> None:
@@ -219,7 +205,7 @@ def reference() -> dict[str, dict[str, Tensor]]:
 @pytest.fixture(scope="module")
 def spawned_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_spawned, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_spawned, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -278,7 +264,7 @@ def test_accelerate_launch_cli(tmp_path: Path, reference: dict[str, dict[str, Te
     cmd = [
         launcher, "launch", "--multi_gpu", "--num_processes", str(WORLD), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-        str(_free_port()), __file__, str(tmp_path),
+        str(free_port()), __file__, str(tmp_path),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -17,7 +17,6 @@ token-mean losses with :func:`integrations.distributed.dp_loss_scale`).
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ import torch.multiprocessing as mp
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from dist_fixtures import free_port, set_worker_env
 from hf_fixtures import PROMPTS, build_policy, build_tokenizer
 
 from integrations.distributed import DistributedMGDA
@@ -138,16 +138,7 @@ def train_once(model_dir: Path, out: Path, scenario: str, lengths: list[int], wo
 
 
 def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
+    set_worker_env(rank, WORLD, port)
     out = Path(out_dir)
     results = {}
     for name, lengths in (("equal", EQUAL), ("unequal", UNEQUAL)):
@@ -164,12 +155,6 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("moppo_ddp")
@@ -181,7 +166,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def spawned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("moppo_ddp_out")
-    mp.spawn(_worker, args=(_free_port(), str(model_dir), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(model_dir), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -248,7 +233,7 @@ def test_cli_training_under_accelerate_launch(model_dir: Path, tmp_path: Path) -
     cmd = [
         launcher, "launch", "--multi_gpu", "--num_processes", str(WORLD), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-        str(_free_port()), "-m", "paretoopt.cli", "train",
+        str(free_port()), "-m", "paretoopt.cli", "train",
         "--policy", str(model_dir / "policy_with_tok"), "--prompts", str(prompts),
         "--reward", "length:8:0:1:words", "--reward", "length", "--steps", "2",
         "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "6",

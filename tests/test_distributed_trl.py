@@ -10,8 +10,6 @@ the rewards of *both* processes, and that each process trained on its own slice.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,8 @@ import torch.multiprocessing as mp
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
+from dist_fixtures import build_char_gpt2, free_port, set_worker_env
+
 from paretoopt import pama_advantages
 
 # Two processes that each import TRL and train: about 30 s on 2 cores.
@@ -29,48 +29,10 @@ pytestmark = pytest.mark.slow
 WORLD = 2
 GROUP = 4
 STEPS = 2
-CHARS = "abcdefgh "
-
-
-def build_tiny_model(path: Path) -> None:
-    """A 1-layer GPT-2 and a character tokenizer, saved for ``from_pretrained``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for c in CHARS:
-        vocab[c] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    ).save_pretrained(path)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        n_positions=64,
-        vocab_size=len(vocab),
-        bos_token_id=1,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    GPT2LMHeadModel(config).save_pretrained(path)
 
 
 def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
+    set_worker_env(rank, WORLD, port)
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -148,12 +110,6 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """[N, n] rewards in groups of GROUP -> [n, N] advantages (TRL's 'group' scaling)."""
     grouped = rewards.t().reshape(rewards.shape[1], -1, GROUP)
@@ -165,9 +121,9 @@ def _group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     model_dir = tmp_path_factory.mktemp("tiny_char_gpt2")
-    build_tiny_model(model_dir)
+    build_char_gpt2(model_dir)
     out = tmp_path_factory.mktemp("trl_ddp")
-    mp.spawn(_worker, args=(_free_port(), str(model_dir), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(model_dir), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

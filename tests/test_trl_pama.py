@@ -14,12 +14,9 @@ pytest.importorskip("datasets")
 
 import trl
 from datasets import Dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from dist_fixtures import build_char_gpt2
 from transformers import (
     AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
 )
 
 from integrations.trl_pama import (
@@ -183,35 +180,11 @@ def test_unrecognised_trl_internals_are_refused_even_when_allowed(
 # Offline end-to-end: a tiny saved model trained by the plug-in
 # ---------------------------------------------------------------------------
 
-CHARS = "abcdefgh "
-
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-layer GPT-2 and a character tokenizer, saved and later loaded by path."""
-    path = tmp_path_factory.mktemp("tiny_gpt2")
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for c in CHARS:
-        vocab[c] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    ).save_pretrained(path)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        n_positions=64,
-        vocab_size=len(vocab),
-        bos_token_id=1,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    GPT2LMHeadModel(config).save_pretrained(path)
-    return path
+    return build_char_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
 
 
 class _RecordingTrainer(PAMAGRPOTrainer):
