@@ -8,9 +8,12 @@ from integrations.demo.corpus import (
     NEGATIVE_ADJ,
     POSITIVE_ADJ,
     CorpusConfig,
+    heldout_unfinished_reviews,
     labelled_reviews,
+    sentiment_word_index,
     sft_reviews,
     split_prompts,
+    unfinished_reviews,
     vocabulary,
 )
 
@@ -59,3 +62,38 @@ def test_label_matches_the_words_and_every_word_is_in_the_vocabulary() -> None:
         other = NEGATIVE_ADJ if r.label else POSITIVE_ADJ
         assert any(w in polar for w in words)
         assert not any(w in other for w in words)
+
+
+def test_unfinished_reviews_are_prefixes_without_the_final_stop_and_keep_the_label() -> None:
+    reviews = labelled_reviews(CorpusConfig(n_labelled=300))
+    cuts = unfinished_reviews(reviews, seed=0, cut_lengths=(24,), random_cuts=1)
+    assert cuts == unfinished_reviews(reviews, seed=0, cut_lengths=(24,), random_cuts=1)
+    full = {(r.prompt, r.label): [] for r in reviews}
+    for r in reviews:
+        full[(r.prompt, r.label)].append(r.continuation.split())
+    for cut in cuts:
+        words = cut.continuation.split()
+        assert words and words[-1] != "."
+        # A prefix of some review with the same prompt and the same label.
+        assert any(f[: len(words)] == words for f in full[(cut.prompt, cut.label)])
+    # One random cut per review, plus one at 24 words for each review longer than that.
+    n_long = sum(1 for r in reviews if len(r.continuation.split()) > 24)
+    assert n_long > 0
+    assert len(cuts) == len(reviews) + n_long
+    assert sum(1 for c in cuts if len(c.continuation.split()) == 24) >= n_long
+
+
+def test_heldout_unfinished_reviews_carry_their_sentiment_on_heldout_prompts() -> None:
+    config = CorpusConfig()
+    _, heldout = split_prompts(config)
+    held = heldout_unfinished_reviews(config, n=200, cut_lengths=(24,))
+    assert {r.prompt for r in held} <= set(heldout)
+    labels = [r.label for r in held]
+    assert 0.4 < sum(labels) / len(labels) < 0.6
+    assert any(len(r.continuation.split()) == 24 for r in held)
+    for r in held:
+        assert not r.continuation.endswith(".")
+        # The sentiment word is in the prefix, so the true label is readable from it.
+        assert sentiment_word_index(r.continuation) >= 0
+        polar = POSITIVE_ADJ if r.label else NEGATIVE_ADJ
+        assert any(w in polar for w in r.continuation.split())
