@@ -11,6 +11,8 @@ Variants, all timed in the same interleaved rounds:
 * ``pama_s_star``: :math:`s^* = \\mathrm{relu}(\\min_i a_i) - \\mathrm{relu}(-\\max_i a_i)`,
   the core's formula without the weights (all an RL update needs).
 * ``pama_s_star_chunked``: the same formula over 64K-column blocks (one pass from memory).
+* ``pama_advantages``: :func:`paretoopt.pama_advantages` (``noon=False``, no weights), the
+  core's own s* path: one ``amin``/``amax`` pass with finiteness checked on the reductions.
 * ``pama_closed_form``: :func:`paretoopt.pama_closed_form`, s* and the simplex weights.
 * ``mgda_gram_solve``: :func:`paretoopt.gram_matrix` (float64) + :func:`paretoopt.min_norm_weights`.
 * ``mgda_solve``: the min-norm solve alone on that Gram matrix.
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from benchlib import Profile, run_interleaved
 
-from paretoopt import gram_matrix, min_norm_weights, pama_closed_form
+from paretoopt import gram_matrix, min_norm_weights, pama_advantages, pama_closed_form
 
 CHUNK = 1 << 16
 # pama_closed_form with weights holds ~10 n x N temporaries: keep it to what fits in memory.
@@ -68,6 +70,7 @@ def test_weight_selection(benchmark: Any, case: tuple[int, int], profile: Profil
 
     # Sanity before timing: the chunked kernel is the same function.
     assert torch.equal(s_star_chunked(coefs), s_star(coefs))
+    assert torch.equal(pama_advantages(coefs, noon=False), s_star(coefs))
     if n * size <= 10**6:
         assert torch.equal(pama_closed_form(coefs)[0], s_star(coefs))
 
@@ -75,6 +78,7 @@ def test_weight_selection(benchmark: Any, case: tuple[int, int], profile: Profil
         "copy": lambda: copy_dst.copy_(coefs),
         "pama_s_star": lambda: s_star(coefs),
         "pama_s_star_chunked": lambda: s_star_chunked(coefs),
+        "pama_advantages": lambda: pama_advantages(coefs, noon=False),
         "mgda_gram_solve": lambda: min_norm_weights(gram_matrix(jac)),
         "mgda_solve": lambda: min_norm_weights(gram),
     }

@@ -57,10 +57,32 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
     return None
 
 
+# 1-minute load average after each case: the report states how loaded the machine was, since
+# absolute times (not the interleaved ratios) move with load from other jobs.
+_LOAD_SAMPLES: list[float] = []
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    load = _loadavg()
+    if load is not None:
+        _LOAD_SAMPLES.append(load[0])
+
+
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    load_end = _loadavg()
     machine_info["paretoopt_bench"] = {
         **bench_machine_info(),
         "profile": current_profile(config).name,
+        "loadavg_1min_per_case": list(_LOAD_SAMPLES),
+        "loadavg_end": load_end,
     }
 
 

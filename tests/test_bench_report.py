@@ -24,9 +24,15 @@ def test_bench_cli_tiny_profile_writes_report(
     assert suites == {"weight_selection", "full_step", "min_norm"}
     assert data["machine_info"]["paretoopt_bench"]["profile"] == "tiny"
     assert data["machine_info"]["paretoopt_bench"]["torch_threads"] == 1
+    # The load is sampled after every case, so the page can say how busy the machine was.
+    loads = data["machine_info"]["paretoopt_bench"]["loadavg_1min_per_case"]
+    assert len(loads) == len(data["benchmarks"]) and all(x >= 0 for x in loads)
     for b in data["benchmarks"]:
         info = b["extra_info"]
         assert all(t > 0 for t in info["median_s"].values())
+        if info["suite"] == "weight_selection":
+            # The library's own s* path is timed next to the formula written out.
+            assert {"pama_advantages", "pama_s_star", "copy"} <= set(info["median_s"])
         if info["suite"] == "full_step":
             # Every compared combiner was timed in the same rounds and its peak measured.
             assert set(info["median_s"]) == set(info["combiners"]) == set(info["peak_bytes"])
@@ -44,6 +50,7 @@ def test_bench_cli_tiny_profile_writes_report(
     ):
         assert heading in page
     assert "AMD" in page or "Intel" in page or "CPU:" in page
+    assert f"read after each of the {len(loads)} cases" in page
     for name in (
         "weight_selection_vs_n",
         "weight_selection_vs_d",
@@ -102,6 +109,7 @@ def test_report_only_from_existing_json(tmp_path: Path) -> None:
     assert bench_cli.main(["--from-json", str(path), "--out", str(tmp_path)]) == 0
     page = (tmp_path / "benchmarks.md").read_text()
     assert "test cpu" in page
+    assert "Load: not recorded" in page
     # n = 8: exact takes 1.6x torchjd's time, and the page must say so.
     assert "n=8 general: 1.60x" in page
     assert "speed **fails**" in page
