@@ -15,6 +15,10 @@ def check_finite(x: Tensor, name: str, objective_dim: int | None = None) -> None
     """Raise ``ValueError`` if ``x`` holds NaN or inf, naming the first bad objective."""
     if not x.is_floating_point() and not x.is_complex():
         return
+    # Fast path: a finite float64 sum means every element is finite (NaN and inf propagate);
+    # only a non-finite sum (or a float64 overflow) pays for the element-wise scan.
+    if not x.is_complex() and bool(torch.isfinite(x.sum(dtype=torch.float64))):
+        return
     bad = ~torch.isfinite(x)
     if not bool(bad.any()):
         return
