@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
         trainer = MOPPOTrainer(
             config, args.policy, tokenizer=tokenizer, prompts=prompts, rewards=rewards
         )

@@ -121,8 +121,10 @@ class RewardModelFunction:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
-        kwargs: dict[str, Any] = {}
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                self.name_or_path, trust_remote_code=False
+            )
+        kwargs: dict[str, Any] = {"trust_remote_code": False}
         if self.dtype is not None:
             kwargs["dtype"] = self.dtype
         model = AutoModelForSequenceClassification.from_pretrained(self.name_or_path, **kwargs)

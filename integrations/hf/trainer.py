@@ -211,7 +211,7 @@ class MOPPOTrainer:
                 raise ValueError("pass tokenizer= when policy is a model instance")
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(policy))
+            tokenizer = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ValueError("the tokenizer has neither a pad token nor an EOS token")
@@ -222,7 +222,8 @@ class MOPPOTrainer:
     def _from_pretrained(self, path: str | Path) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict[str, Any] = {}
+        # Never run code shipped with a checkpoint.
+        kwargs: dict[str, Any] = {"trust_remote_code": False}
         if self.config.dtype is not None:
             kwargs["dtype"] = "auto" if self.config.dtype == "auto" else _DTYPES[self.config.dtype]
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
