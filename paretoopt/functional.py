@@ -110,9 +110,14 @@ def _s_star(a: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
     """
     mn = a.amin(dim=0)
     mx = a.amax(dim=0)
-    # One float64 sum stands for both checks (NaN and inf survive it; inf - inf is NaN) and
-    # costs a fraction of torch.isfinite(...).all() on the CPU.
-    if not bool(torch.isfinite(mn.sum(dtype=torch.float64) + mx.sum(dtype=torch.float64))):
+    # One dot product stands for both checks: NaN and inf survive it (inf * 0 and inf - inf
+    # are NaN), and it costs a fraction of torch.isfinite(...).all() on the CPU. An overflow
+    # only sends us to the exact element-wise scan.
+    if mn.dtype in (torch.float32, torch.float64):
+        probe = torch.dot(mn.reshape(-1), mx.reshape(-1))
+    else:
+        probe = torch.dot(mn.reshape(-1).float(), mx.reshape(-1).float())
+    if not bool(torch.isfinite(probe)):
         check_finite(a, name, objective_dim=0)
     return torch.relu(mn) - torch.relu(-mx), mn, mx
 
