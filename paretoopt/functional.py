@@ -105,7 +105,14 @@ def pama_closed_form(coefs: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
 
 
 def _s_star(a: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
-    """s* over dim 0, with the min and max; checks finiteness on the reductions only.
+    """s* over dim 0, with the min and max (left intact for the weights)."""
+    mn, mx = _extrema(a, name)
+    # relu(min) - relu(-max) = max(min, 0) + min(max, 0).
+    return mn.clamp_min(0).add_(mx.clamp_max(0)), mn, mx
+
+
+def _extrema(a: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """Min and max over dim 0; checks finiteness on the reductions only.
 
     NaN propagates through ``amin``/``amax`` and +-inf shows up in one of them, so a
     non-finite input always gives a non-finite min or max: the full scan that names the
@@ -122,7 +129,7 @@ def _s_star(a: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
         probe = torch.dot(mn.reshape(-1).float(), mx.reshape(-1).float())
     if not bool(torch.isfinite(probe)):
         check_finite(a, name, objective_dim=0)
-    return torch.relu(mn) - torch.relu(-mx), mn, mx
+    return mn, mx
 
 
 def _closed_form_weights(a: Tensor, mn: Tensor, mx: Tensor) -> Tensor:
@@ -235,8 +242,10 @@ def pama_advantages(
 
     if per_element and not return_weights:
         # min_i max(A_i, 0) = max(min_i A_i, 0): Noon needs no clipped copy.
-        s_raw, mn, _ = _s_star(adv, "advantages")
-        s_star = torch.relu(mn) if noon else s_raw
+        # In place on the fresh min/max: on large inputs every new N-sized tensor costs
+        # page faults comparable to the reduction itself.
+        mn, mx = _extrema(adv, "advantages")
+        s_star = mn.clamp_min_(0) if noon else mn.clamp_min_(0).add_(mx.clamp_max_(0))
     elif per_element:
         if noon:
             adv = noon_clip(adv)
@@ -254,7 +263,7 @@ def pama_advantages(
         weights = w.expand_as(advf)
         s_star = (weights * advf).sum(0).to(adv.dtype)
     if m is not None:
-        s_star = s_star.masked_fill(~m, 0)
+        s_star = s_star.masked_fill_(~m, 0)  # s_star is a fresh tensor on every path
     if return_weights:
         return s_star, weights
     return s_star
