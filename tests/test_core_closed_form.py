@@ -253,3 +253,22 @@ def test_single_objective_is_its_own_noon_advantage() -> None:
     torch.testing.assert_close(pama_advantages(adv), torch.tensor([[0.5, 0.0, 3.0]]))
     s, w = pama_closed_form(torch.tensor([-4.0]))
     assert float(s) == -4.0 and float(w) == 1.0
+
+
+@pytest.mark.parametrize("granularity", ["token", "sample", "batch"])
+@pytest.mark.parametrize("noon", [True, False])
+@pytest.mark.parametrize("return_weights", [True, False])
+def test_pama_advantages_never_mutates_its_input(
+    granularity: str, noon: bool, return_weights: bool
+) -> None:
+    gen = torch.Generator().manual_seed(4)
+    for adv in (torch.randn(3, 2, 5, generator=gen), torch.randn(1, 4, generator=gen)):
+        mask = torch.rand(adv.shape[1:], generator=gen) > 0.3
+        before, mask_before = adv.clone(), mask.clone()
+        out = pama_advantages(
+            adv, mask, granularity=granularity, noon=noon, return_weights=return_weights
+        )
+        torch.testing.assert_close(adv, before)
+        torch.testing.assert_close(mask, mask_before)
+        s_star = out[0] if return_weights else out
+        assert s_star.data_ptr() != adv.data_ptr()
