@@ -10,7 +10,7 @@ policy. Per combiner, one update is: ``zero_grad``, forward, n losses, combine, 
 * ``pama_fast``: :func:`paretoopt.pama_ppo_loss`, the advantage fast path for RL code;
 * ``mgda_ub``: :class:`paretoopt.MGDA` ``mode="shared"`` on the last hidden states;
 * ``mgda``: :class:`paretoopt.MGDA` ``mode="params"`` (exact), where n d fits the budget;
-* ``mgda_reference``: :func:`integrations.mgda_reference.mgda_reference_step` (n backwards);
+* ``mgda_reference``: :func:`paretoopt.integrations.mgda_reference.mgda_reference_step` (n backwards);
 * ``forward``: the forward pass alone (for the cost model).
 
 Peak memory per combiner: one extra step each, with the allocator peak above the memory live
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from benchlib import GPT2_SHAPES, GPT2_VOCAB, Profile, peak_allocated_bytes, run_interleaved
 
-from integrations.mgda_reference import mgda_reference_step
+from paretoopt.integrations.mgda_reference import mgda_reference_step
 from paretoopt import MGDA, PAMA, LinearScalarization, pama_ppo_loss, ppo_losses_from_ratio
 
 

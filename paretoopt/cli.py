@@ -14,17 +14,17 @@ from collections.abc import Sequence
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, extra, help)
     "demo": (
-        "integrations.demo.cli",
+        "paretoopt.integrations.demo.cli",
         "hf",
         "offline sentiment + length alignment: PAMA vs MORLHF vs MGDA-UB, table and plots",
     ),
     "train": (
-        "integrations.hf.cli",
+        "paretoopt.integrations.hf.cli",
         "hf",
         "multi-objective PPO on a causal LM with n reward functions",
     ),
     "bench": (
-        "integrations.bench_cli",
+        "paretoopt.integrations.bench_cli",
         "bench",
         "cost benchmarks: PAMA vs MGDA vs linear scalarization; writes docs tables and plots",
     ),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from integrations.mgda_reference import mgda_reference_step
+from paretoopt.integrations.mgda_reference import mgda_reference_step
 from paretoopt import MGDA
 
 

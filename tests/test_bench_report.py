@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations import bench_cli
+from paretoopt.integrations import bench_cli
 
 
 def test_bench_cli_tiny_profile_writes_report(

@@ -9,8 +9,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from integrations.demo import artefacts as art
-from integrations.demo.experiment import tiny_config
+from paretoopt.integrations.demo import artefacts as art
+from paretoopt.integrations.demo.experiment import tiny_config
 
 
 @pytest.fixture(scope="module")

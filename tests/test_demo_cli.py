@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-from integrations.demo.cli import build_parser, main
-from integrations.demo.corpus import CorpusConfig, split_prompts
+from paretoopt.integrations.demo.cli import build_parser, main
+from paretoopt.integrations.demo.corpus import CorpusConfig, split_prompts
 
 METHODS = ("pama", "morlhf", "mgda_ub")
 

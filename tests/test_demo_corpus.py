@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from integrations.demo.corpus import (
+from paretoopt.integrations.demo.corpus import (
     NEGATIVE_ADJ,
     POSITIVE_ADJ,
     CorpusConfig,

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from integrations.demo.report import results_table, samples_markdown, write_report
+from paretoopt.integrations.demo.report import results_table, samples_markdown, write_report
 
 
 def _results() -> dict:

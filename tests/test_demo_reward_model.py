@@ -9,7 +9,7 @@ writing negative reviews until the limit. The fixed recipe also trains on prefix
 The test trains the default (shipped) classifier recipe, not the tiny test-suite one: the
 tiny model happens to generalise to unfinished reviews even without the prefixes, so it
 could not tell the two recipes apart. Reading goes through the demo's own reward path
-(:class:`integrations.hf.RewardModelFunction` on a ``save_pretrained`` folder).
+(:class:`paretoopt.integrations.hf.RewardModelFunction` on a ``save_pretrained`` folder).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from integrations.demo import artefacts as art
-from integrations.demo.corpus import (
+from paretoopt.integrations.demo import artefacts as art
+from paretoopt.integrations.demo.corpus import (
     CorpusConfig,
     heldout_unfinished_reviews,
     labelled_reviews,
     split_prompts,
 )
-from integrations.demo.experiment import DemoConfig
+from paretoopt.integrations.demo.experiment import DemoConfig
 
 #: Share of held-out unfinished reviews the POSITIVE logit must sign correctly. The fixed
 #: recipe measured 1.00 (and 0.996 with 250 steps); the old one 0.69 (0.68 at 24 tokens).
@@ -43,7 +43,7 @@ OLD_RECIPE = dataclasses.replace(
 
 def _train_and_read(config: art.ArtefactConfig, tmp_path) -> dict[str, float]:
     """Train the classifier with ``config``, save it, and measure accuracies via the reward."""
-    from integrations.hf import RewardModelFunction
+    from paretoopt.integrations.hf import RewardModelFunction
 
     torch.set_num_threads(1)  # the result must not depend on the runner's thread count
     tokenizer = art.build_tokenizer()

@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 from dist_fixtures import free_port, set_worker_env
 from torch import Tensor, nn
 
-from integrations.distributed import DistributedMGDA, dp_loss_scale, global_mean_std
+from paretoopt.integrations.distributed import DistributedMGDA, dp_loss_scale, global_mean_std
 from paretoopt import MGDA, PAMA, pama_ppo_loss, ppo_losses, ppo_losses_from_ratio, ratio
 
 WORLD = 2

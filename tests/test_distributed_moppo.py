@@ -9,9 +9,9 @@ gets on the whole batch. The rollouts are built by hand, so the valid-token coun
 each half is chosen.
 
 This is checked for PAMA (fast path), exact MGDA and MGDA-UB (the trainer uses
-:class:`integrations.distributed.DistributedMGDA` on several processes), with equal
+:class:`paretoopt.integrations.distributed.DistributedMGDA` on several processes), with equal
 valid-token counts per process, and for PAMA and MGDA with unequal counts (the trainer scales its
-token-mean losses with :func:`integrations.distributed.dp_loss_scale`).
+token-mean losses with :func:`paretoopt.integrations.distributed.dp_loss_scale`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ pytest.importorskip("accelerate")
 from dist_fixtures import free_port, set_worker_env
 from hf_fixtures import PROMPTS, build_policy, build_tokenizer
 
-from integrations.distributed import DistributedMGDA
-from integrations.hf import MOPPOConfig, MOPPOTrainer
-from integrations.hf.rollout import Rollout, decode_responses, tokenize_prompts
+from paretoopt.integrations.distributed import DistributedMGDA
+from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
+from paretoopt.integrations.hf.rollout import Rollout, decode_responses, tokenize_prompts
 
 pytestmark = pytest.mark.hf
 

@@ -36,7 +36,7 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from integrations.trl_pama import PAMAGRPOConfig, PAMAGRPOTrainer
+    from paretoopt.integrations.trl import PAMAGRPOConfig, PAMAGRPOTrainer
 
     returned: list[list[list[float]]] = []  # per step: [local completions][reward]
 

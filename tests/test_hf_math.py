@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
-from integrations.hf import (
+from paretoopt.integrations.hf import (
     AdaptiveKLController,
     MOPPOConfig,
     RewardError,
@@ -25,8 +25,8 @@ from integrations.hf import (
     parse_reward_spec,
     response_mask,
 )
-from integrations.hf.advantages import normalize_advantages
-from integrations.hf.rewards import score_batch
+from paretoopt.integrations.hf.advantages import normalize_advantages
+from paretoopt.integrations.hf.rewards import score_batch
 
 pytestmark = pytest.mark.hf
 

@@ -15,14 +15,14 @@ pytest.importorskip("accelerate")
 
 from hf_fixtures import PROMPTS, build_tokenizer, make_tiny_lm
 
-from integrations.hf import (
+from paretoopt.integrations.hf import (
     MOPPOConfig,
     MOPPOTrainer,
     RewardError,
     RewardModelFunction,
     make_length_reward,
 )
-from integrations.hf.checkpoint import STATE_FILE, is_checkpoint
+from paretoopt.integrations.hf.checkpoint import STATE_FILE, is_checkpoint
 
 pytestmark = pytest.mark.hf
 
@@ -154,7 +154,7 @@ def test_lora_trains_the_adapter_only_and_uses_the_base_as_reference(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from integrations.hf.value_heads import response_forward
+    from paretoopt.integrations.hf.value_heads import response_forward
 
     cfg = make_config(tmp_path, use_lora=True, lora_r=4, lora_alpha=8, learning_rate=1e-2)
     trainer = make_trainer(tiny_lm, cfg)
@@ -264,7 +264,7 @@ def test_failed_save_leaves_the_previous_checkpoint(
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("integrations.hf.trainer.torch.save", disk_full)
+    monkeypatch.setattr("paretoopt.integrations.hf.trainer.torch.save", disk_full)
     with pytest.raises(OSError, match="No space"):
         trainer.save_checkpoint(target)
     assert (target / STATE_FILE).read_text() == state_before
@@ -338,7 +338,7 @@ def test_ratio_to_old_with_whitening_and_generate(tiny_lm: Path, tmp_path: Path)
 
 
 def test_cli_trains_from_a_prompt_file(tiny_lm: Path, tmp_path: Path, capsys) -> None:
-    from integrations.hf.cli import main
+    from paretoopt.integrations.hf.cli import main
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

@@ -19,7 +19,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from integrations.trl_pama import (
+from paretoopt.integrations.trl import (
     PAMAGRPOConfig,
     PAMAGRPOTrainer,
     UnsupportedTRLVersionError,

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from integrations.demo.corpus import (
+from paretoopt.integrations.demo.corpus import (
     CorpusConfig,
     Review,
     heldout_unfinished_reviews,
@@ -220,7 +220,7 @@ def train_reward_model(
     """Sequence classifier NEGATIVE(0) / POSITIVE(1); returns (model, held-out accuracy).
 
     The training set is ``reviews`` plus their unfinished prefixes
-    (:func:`~integrations.demo.corpus.unfinished_reviews` with ``config.rm_random_cuts``
+    (:func:`~paretoopt.integrations.demo.corpus.unfinished_reviews` with ``config.rm_random_cuts``
     random cuts per review and the cuts at ``config.rm_cut_lengths``).
     """
     from transformers import GPT2ForSequenceClassification

@@ -117,7 +117,7 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from integrations.demo.experiment import DemoConfig, quick_config, tiny_config
+    from paretoopt.integrations.demo.experiment import DemoConfig, quick_config, tiny_config
 
     config: DemoConfig = (
         tiny_config() if args.tiny else quick_config() if args.quick else DemoConfig()
@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from integrations.demo.artefacts import load_or_train
-    from integrations.demo.corpus import split_prompts
-    from integrations.demo.experiment import run_experiment
-    from integrations.demo.report import results_table, write_report
-    from integrations.hf import RewardModelFunction, make_length_reward, parse_reward_spec
+    from paretoopt.integrations.demo.artefacts import load_or_train
+    from paretoopt.integrations.demo.corpus import split_prompts
+    from paretoopt.integrations.demo.experiment import run_experiment
+    from paretoopt.integrations.demo.report import results_table, write_report
+    from paretoopt.integrations.hf import RewardModelFunction, make_length_reward, parse_reward_spec
 
     artefacts = None
     if args.policy is None or args.reward is None:

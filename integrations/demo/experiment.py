@@ -1,10 +1,10 @@
 """Run the sentiment + length experiment: methods x seeds with the HF trainer, then evaluate.
 
 For every method (PAMA, MORLHF 0.5/0.5, MGDA-UB by default) and every seed, a fresh copy of
-the SFT policy is aligned by :class:`integrations.hf.MOPPOTrainer` with two rewards:
+the SFT policy is aligned by :class:`paretoopt.integrations.hf.MOPPOTrainer` with two rewards:
 
 * ``sentiment``: the POSITIVE logit of the sentiment classifier on ``prompt response``
-  (:class:`integrations.hf.RewardModelFunction`, as the paper reads its IMDb classifier);
+  (:class:`paretoopt.integrations.hf.RewardModelFunction`, as the paper reads its IMDb classifier);
 * ``length``: the paper's clipped length reward ``clip(len(response) / scale, 0, hi)``,
   rescaled to the synthetic corpus: counted in words, ``scale = 10``, ``hi = 2``. A short
   (positive) review has about 8 words (0.8) and a long (negative) one about 20 (2.0,
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from integrations.demo.artefacts import ArtefactConfig
+from paretoopt.integrations.demo.artefacts import ArtefactConfig
 
 METHOD_LABELS = {
     "pama": "PAMA",
@@ -89,7 +89,7 @@ def quick_config() -> DemoConfig:
 def tiny_config() -> DemoConfig:
     """The smallest end-to-end run, for the test suite (tiny corpus and models)."""
     corpus = {"n_reviews": 400, "n_labelled": 300}
-    from integrations.demo.corpus import CorpusConfig
+    from paretoopt.integrations.demo.corpus import CorpusConfig
 
     return DemoConfig(
         seeds=(0,),
@@ -125,7 +125,7 @@ def combiner_settings(method: str) -> tuple[str, dict[str, Any]]:
 
 def moppo_config(config: DemoConfig, method: str, seed: int, output_dir: Path, progress: bool):
     """The trainer configuration of one (method, seed) run."""
-    from integrations.hf import MOPPOConfig
+    from paretoopt.integrations.hf import MOPPOConfig
 
     name, kwargs = combiner_settings(method)
     return MOPPOConfig(
@@ -213,7 +213,7 @@ def run_experiment(
     held-out mean), ``per_seed``, ``curves`` (training reward per step and seed),
     ``hypervolume`` and a few ``samples``; the SFT policy is entry ``"sft"``.
     """
-    from integrations.hf import MOPPOTrainer
+    from paretoopt.integrations.hf import MOPPOTrainer
     from paretoopt.pareto import hypervolume
 
     names = list(reward_names)

@@ -1,7 +1,7 @@
 """Turn the demo's results into a table (markdown + JSON), plots and sample generations.
 
 Everything here reads the plain ``results`` dictionary that
-:func:`integrations.demo.experiment.run_experiment` returns, so a report can be redrawn
+:func:`paretoopt.integrations.demo.experiment.run_experiment` returns, so a report can be redrawn
 from ``results.json`` alone (:func:`write_report`). The markdown table holds no timings,
 so two runs with the same seed give byte-identical tables.
 """

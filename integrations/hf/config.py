@@ -18,7 +18,7 @@ COMBINER_NAMES = ("pama", "linear", "morlhf", "mgda_ub", "mgda")
 
 @dataclass
 class MOPPOConfig:
-    """Hyper-parameters of :class:`~integrations.hf.MOPPOTrainer`.
+    """Hyper-parameters of :class:`~paretoopt.integrations.hf.MOPPOTrainer`.
 
     Optimisation (paper defaults): ``learning_rate=1e-5``, ``kl_coef=0.2``,
     ``cliprange=0.2``, ``gae_lambda=0.95``, ``gamma=1.0``, adaptive KL toward

@@ -88,7 +88,7 @@ class MOPPOTrainer:
         tokenizer: a tokenizer; loaded from ``policy`` when it is a name or path.
         prompts: the prompt pool; each step samples ``config.batch_size`` per process.
         rewards: n reward functions ``(prompts, responses) -> list[float]``,
-            :class:`~integrations.hf.RewardModelFunction` instances, or specs such
+            :class:`~paretoopt.integrations.hf.RewardModelFunction` instances, or specs such
             as ``"length"`` / ``"name=PATH:LABEL"`` (see ``parse_reward_spec``).
         reward_names: names for logging (default: the functions' names).
         combiner: a ``paretoopt`` combiner instance; overrides ``config.combiner``.
@@ -343,7 +343,7 @@ class MOPPOTrainer:
             )
 
     def score(self, rollout: Rollout, step: int | None = None) -> torch.Tensor:
-        """Scores ``[n, B]`` on the device; see :func:`~integrations.hf.rewards.score_batch`."""
+        """Scores ``[n, B]`` on the device; see :func:`~paretoopt.integrations.hf.rewards.score_batch`."""
         scores = score_batch(
             self.reward_fns,
             self.reward_names,
@@ -500,7 +500,7 @@ class MOPPOTrainer:
         """
         if self.accelerator.num_processes == 1:
             return 1.0
-        from integrations.distributed import dp_loss_scale
+        from paretoopt.integrations.distributed import dp_loss_scale
 
         return dp_loss_scale(mask).to(torch.float32)
 
@@ -917,7 +917,7 @@ def _make_combiner(config: MOPPOConfig, num_processes: int = 1) -> Any:
         kwargs.setdefault("granularity", config.pama_granularity)
     if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
         # MGDA's Gram matrix does not decompose over processes: reduce it globally.
-        from integrations.distributed import DistributedMGDA
+        from paretoopt.integrations.distributed import DistributedMGDA
 
         mode = "params" if config.combiner == "mgda" else "shared"
         return DistributedMGDA(mode=kwargs.pop("mode", mode), **kwargs)

@@ -33,7 +33,7 @@ try:
     import trl
     from trl import GRPOConfig, GRPOTrainer
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("integrations.trl_pama needs TRL: pip install 'paretoopt[trl]'") from exc
+    raise ImportError("paretoopt.integrations.trl needs TRL: pip install 'paretoopt[trl]'") from exc
 
 from .advantages import grpo_reward_advantages, pama_grpo_advantages, pama_grpo_stats
 
