@@ -33,6 +33,7 @@ from .functional import (
 )
 from .losses import pama_ppo_loss, ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
 from .pareto import dominates, hypervolume, pareto_front, pareto_mask, pareto_stationarity
+from .training import combine_and_backward
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "LinearScalarization",
     "MinNormResult",
     "__version__",
+    "combine_and_backward",
     "dominates",
     "functional",
     "gram_matrix",

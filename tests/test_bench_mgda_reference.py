@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from paretoopt.integrations.mgda_reference import mgda_reference_step
 from torch import nn
 
-from paretoopt.integrations.mgda_reference import mgda_reference_step
 from paretoopt import MGDA
 
 

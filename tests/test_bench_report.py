@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from paretoopt.integrations import bench_cli
 
 

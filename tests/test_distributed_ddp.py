@@ -26,9 +26,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from dist_fixtures import free_port, set_worker_env
+from paretoopt.integrations.distributed import DistributedMGDA, dp_loss_scale, global_mean_std
 from torch import Tensor, nn
 
-from paretoopt.integrations.distributed import DistributedMGDA, dp_loss_scale, global_mean_std
 from paretoopt import MGDA, PAMA, pama_ppo_loss, ppo_losses, ppo_losses_from_ratio, ratio
 
 WORLD = 2

@@ -28,7 +28,6 @@ pytest.importorskip("accelerate")
 
 from dist_fixtures import free_port, set_worker_env
 from hf_fixtures import PROMPTS, build_policy, build_tokenizer
-
 from paretoopt.integrations.distributed import DistributedMGDA
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
 from paretoopt.integrations.hf.rollout import Rollout, decode_responses, tokenize_prompts

@@ -34,9 +34,8 @@ STEPS = 2
 def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     set_worker_env(rank, WORLD, port)
     from datasets import Dataset
-    from transformers import AutoTokenizer
-
     from paretoopt.integrations.trl import PAMAGRPOConfig, PAMAGRPOTrainer
+    from transformers import AutoTokenizer
 
     returned: list[list[list[float]]] = []  # per step: [local completions][reward]
 

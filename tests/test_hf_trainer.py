@@ -14,7 +14,6 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
 from hf_fixtures import PROMPTS, build_tokenizer, make_tiny_lm
-
 from paretoopt.integrations.hf import (
     MOPPOConfig,
     MOPPOTrainer,
@@ -152,9 +151,8 @@ def test_length_reward_drives_responses_longer(tiny_lm: Path, tmp_path: Path) ->
 def test_lora_trains_the_adapter_only_and_uses_the_base_as_reference(
     tiny_lm: Path, tmp_path: Path
 ) -> None:
-    from transformers import AutoModelForCausalLM
-
     from paretoopt.integrations.hf.value_heads import response_forward
+    from transformers import AutoModelForCausalLM
 
     cfg = make_config(tmp_path, use_lora=True, lora_r=4, lora_alpha=8, learning_rate=1e-2)
     trainer = make_trainer(tiny_lm, cfg)

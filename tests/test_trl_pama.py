@@ -15,10 +15,6 @@ pytest.importorskip("datasets")
 import trl
 from datasets import Dataset
 from dist_fixtures import build_char_gpt2
-from transformers import (
-    AutoTokenizer,
-)
-
 from paretoopt.integrations.trl import (
     PAMAGRPOConfig,
     PAMAGRPOTrainer,
@@ -29,6 +25,10 @@ from paretoopt.integrations.trl import (
     pama_grpo_advantages,
     pama_grpo_stats,
 )
+from transformers import (
+    AutoTokenizer,
+)
+
 from paretoopt import pama_advantages, pama_stats
 
 # ---------------------------------------------------------------------------
