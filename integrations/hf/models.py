@@ -1,0 +1,162 @@
+"""Loading what the trainer trains: tokenizer, policy, reference, combiner, generation config.
+
+Kept apart from the training loop so that a reader of :mod:`.trainer` sees the algorithm, and
+a reader of this module sees every choice made while loading (no remote code, dropout off,
+LoRA with the adapter-disabled base as the reference).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import MOPPOConfig
+
+__all__ = [
+    "DTYPES",
+    "build_combiner",
+    "from_pretrained",
+    "generation_config",
+    "hidden_size",
+    "is_pama",
+    "load_policy_and_reference",
+    "load_tokenizer",
+    "zero_dropout",
+]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
+    """The given tokenizer, or the policy's; a pad token is set to EOS when missing."""
+    if tokenizer is None:
+        if not isinstance(policy, (str, Path)):
+            raise ValueError("pass tokenizer= when policy is a model instance")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token")
+        # Response masks come from the first EOS, so pad == eos is safe here.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def from_pretrained(path: str | Path, dtype: str | None) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    # Never run code shipped with a checkpoint.
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if dtype is not None:
+        kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def load_policy_and_reference(
+    config: MOPPOConfig, policy: Any, resume_dir: Path | None
+) -> tuple[nn.Module, nn.Module | None]:
+    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled)."""
+    cfg = config
+    base = from_pretrained(policy, cfg.dtype) if isinstance(policy, (str, Path)) else policy
+    if cfg.disable_dropout:
+        zero_dropout(base)
+    if cfg.use_lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if isinstance(base, PeftModel):
+            raise ValueError("pass the base model; the trainer adds the LoRA adapter itself")
+        if resume_dir is not None:
+            model = PeftModel.from_pretrained(base, str(resume_dir / "policy"), is_trainable=True)
+        else:
+            from transformers.pytorch_utils import Conv1D
+
+            lora = LoraConfig(
+                task_type="CAUSAL_LM",
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_target_modules,
+                # GPT-2-style Conv1D layers store weights transposed.
+                fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
+            )
+            model = get_peft_model(base, lora)
+        return model, None
+    if resume_dir is not None:
+        # The reference stays the initial policy; the trained weights come from the checkpoint.
+        ref = base
+        model = from_pretrained(resume_dir / "policy", cfg.dtype)
+        if cfg.disable_dropout:
+            zero_dropout(model)
+    else:
+        model = base
+        ref = copy.deepcopy(base)
+    ref.eval().requires_grad_(False)
+    model.requires_grad_(True)
+    return model, ref
+
+
+def generation_config(
+    config: MOPPOConfig, tokenizer: Any, *, do_sample: bool, max_new_tokens: int | None = None
+) -> Any:
+    from transformers import GenerationConfig
+
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens or config.max_new_tokens,
+        "min_new_tokens": config.min_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,
+    }
+    if do_sample:
+        # top_k must be given explicitly: unset, generate() applies top_k=50.
+        kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+    return GenerationConfig(**kwargs)
+
+
+def is_pama(combiner: Any) -> bool:
+    from paretoopt import PAMA
+
+    return isinstance(combiner, PAMA)
+
+
+def build_combiner(config: MOPPOConfig, num_processes: int = 1) -> Any:
+    """The combiner named by the config (MGDA variants all-reduce under data parallelism)."""
+    from paretoopt import make_combiner
+
+    kwargs = dict(config.combiner_kwargs)
+    if config.combiner == "pama":
+        kwargs.setdefault("granularity", config.pama_granularity)
+    if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
+        # MGDA's Gram matrix does not decompose over processes: reduce it globally.
+        from paretoopt.integrations.distributed import DistributedMGDA
+
+        mode = "params" if config.combiner == "mgda" else "shared"
+        return DistributedMGDA(mode=kwargs.pop("mode", mode), **kwargs)
+    return make_combiner(config.combiner, **kwargs)
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if size is None:
+        raise ValueError("cannot find the policy's hidden size in its config")
+    return int(size)
+
+
+def zero_dropout(model: nn.Module) -> None:
+    """Dropout off in the base model: rollout and update log-probs then agree."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for key in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "dropout", "attention_dropout"):
+        if config is not None and hasattr(config, key):
+            setattr(config, key, 0.0)
