@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import stats
+from .protocol import front_weights
 
 #: Per-seed quantities besides the objectives, summarised like them.
 EXTRA_KEYS = (
@@ -171,7 +172,8 @@ def task_results(
     for r in runs:
         if r["job"]["kind"] == "front":
             by_weight.setdefault(tuple(r["job"]["weights"]), []).append(r)
-    if "morlhf" in by_method:
+    grid = front_weights(n, config["front_points"][task.name])
+    if "morlhf" in by_method and any(np.allclose(w, uniform, atol=1e-5) for w in grid):
         front_seeds = max((len(v) for v in by_weight.values()), default=len(by_method["morlhf"]))
         same = sorted(by_method["morlhf"], key=lambda r: r["job"]["seed"])[:front_seeds]
         by_weight[tuple(uniform)] = same

@@ -256,6 +256,28 @@ def _trainer_config(config: StudyConfig, task: Any, job: dict[str, Any], out: Pa
     )
 
 
+def sequence_kl(trainer: Any, rollout: Any, chunk: int = 128) -> Any:
+    """Per-response KL to the reference, ``sum_t log pi(a_t) - log pi_ref(a_t)``, in chunks
+    larger than the trainer's mini-batch (evaluation batches are hundreds of responses)."""
+    import torch
+    from paretoopt.integrations.hf.value_heads import response_forward
+
+    out = []
+    with torch.no_grad():
+        for lo in range(0, rollout.input_ids.shape[0], chunk):
+            ids = rollout.input_ids[lo : lo + chunk]
+            attn = rollout.attention_mask[lo : lo + chunk]
+            args = (ids, attn, rollout.response_start)
+            lp = response_forward(trainer.policy, *args, temperature=trainer.config.temperature)
+            with trainer.reference_context():
+                ref = response_forward(
+                    trainer.reference_model, *args, temperature=trainer.config.temperature
+                )
+            mask = rollout.mask[lo : lo + chunk].to(lp["logprobs"].dtype)
+            out.append(((lp["logprobs"] - ref["logprobs"]) * mask).sum(1))
+    return torch.cat(out)
+
+
 def evaluate(trainer: Any, task: Any, prompts: Sequence[str], samples: int, seed: int):
     """Held-out evaluation: rewards, KL to the reference, per-response statistics."""
     import torch
@@ -263,9 +285,7 @@ def evaluate(trainer: Any, task: Any, prompts: Sequence[str], samples: int, seed
     batch = [p for p in prompts for _ in range(samples)]
     torch.manual_seed(seed)
     rollout = trainer.rollout(batch)
-    fwd = trainer.forward_rollout(rollout)
-    mask = rollout.mask.to(fwd["logprobs"].dtype)
-    kl = ((fwd["logprobs"] - fwd["ref_logprobs"]) * mask).sum(1)
+    kl = sequence_kl(trainer, rollout)
     fns = task.reward_fns()
     scores = np.asarray([list(fn(rollout.prompts, rollout.responses)) for fn in fns]).T
     words = np.asarray([len(r.split()) for r in rollout.responses])
