@@ -2,7 +2,8 @@
 
 Metric names (docs/trainer.md lists them): ``reward/<name>``, ``kl``, ``kl_coef``,
 ``response_length``, ``advantage/<name>``, PAMA's ``binding_rate/<name>``, ``conflict_rate``,
-``zero_rate``, ``mean_s_star`` and ``weights/<name>``, the update's loss statistics and
+``zero_rate``, ``mean_s_star`` and ``weights/<name>``, ``value/error/<name>`` and
+``value/explained_variance/<name>``, the update's loss statistics and
 ``time/<phase>``. Under data parallelism every metric is a mean over all processes.
 """
 
