@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -160,41 +160,36 @@ def front_weights(n_objectives: int, n_points: int) -> list[list[float]]:
     return [[round(v / h, 6) for v in w] for w in grid]
 
 
-def _has_field(name: str) -> bool:
-    from paretoopt.integrations.hf import MOPPOConfig
-
-    return name in {f.name for f in fields(MOPPOConfig)}
-
-
 def method_fields(method: str, n_objectives: int, weights: Sequence[float] | None = None):
-    """The MOPPOConfig fields that define ``method``; every other field is shared."""
+    """The MOPPOConfig fields that define ``method``; every other field is shared.
+
+    * ``pama``: the closed form on Noon-clipped advantages, token granularity (the paper);
+    * ``pama_no_noon``: the closed form on unclipped advantages, standard PPO surrogate;
+    * ``morlhf``: PPO on the scalarised reward, one advantage ``sum_i w_i A_i`` per token,
+      standard clipping, no Noon (uniform weights unless ``weights``);
+    * ``mgda_ub``: MGDA-UB over the per-token ratio with l2-normalised gradients of the
+      per-objective *standard* (unclipped-advantage) PPO losses;
+    * ``linear_noon``: ``sum_i w_i L_i`` of Noon-clipped per-objective PPO losses (the
+      demo's old "MORLHF"), a labelled variant.
+    """
     uniform = [1.0 / n_objectives] * n_objectives
     w = [float(v) for v in (weights if weights is not None else uniform)]
-    new_api = _has_field("noon")
     if method == "pama":
-        return {"combiner": "pama", **({"noon": True} if new_api else {})}
+        return {"combiner": "pama", "noon": True}
     if method == "pama_no_noon":
-        if not new_api:
-            raise ValueError("pama_no_noon needs MOPPOConfig.noon (the PPO options)")
         return {"combiner": "pama", "noon": False}
     if method == "morlhf":
-        if new_api:
-            return {"combiner": "morlhf", "combiner_weights": w}
-        return {"combiner": "linear", "combiner_kwargs": {"weights": w}}  # provisional
+        return {"combiner": "morlhf", "combiner_weights": w}
     if method == "linear_noon":
-        if new_api:
-            return {"combiner": "linear_noon", "combiner_weights": w}
-        return {"combiner": "linear", "combiner_kwargs": {"weights": w}}
+        return {"combiner": "linear_noon", "combiner_weights": w}
     if method == "mgda_ub":
-        if new_api:
-            return {"combiner": "mgda_ub", "mgda_normalization": "l2", "noon": False}
-        return {"combiner": "mgda_ub", "combiner_kwargs": {"normalization": "l2"}}
-    raise ValueError(f"unknown method {method!r}; expected one of {METHOD_LABELS}")
+        return {"combiner": "mgda_ub", "mgda_normalization": "l2", "noon": False}
+    raise ValueError(f"unknown method {method!r}; expected one of {list(METHOD_LABELS)[1:]}")
 
 
 def available_methods(methods: Sequence[str]) -> list[str]:
-    """``methods`` minus those the installed trainer cannot run yet."""
-    return [m for m in methods if m != "pama_no_noon" or _has_field("noon")]
+    """``methods`` in order (kept as a hook: every method runs on the installed trainer)."""
+    return list(methods)
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -359,8 +354,11 @@ def run_job(job: dict[str, Any], config: StudyConfig, cache_dir: str | None, wor
 
 def _init_worker() -> None:
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def run_jobs(
