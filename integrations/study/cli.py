@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     p.add_argument("--tune", action="store_true", help="choose the hyper-parameters first")
     p.add_argument("--tune-only", action="store_true", help="stop after tuning")
+    p.add_argument("--tune-seeds", type=int, default=None, help="tuning seeds (default 1)")
     p.add_argument("--tuning", default=None, help="a tuning.json whose choice to use")
     p.add_argument("--cache-dir", default=None, help="artefact cache (default as the demo's)")
     p.add_argument("--no-progress", action="store_true")
@@ -75,6 +76,8 @@ def configure(args: argparse.Namespace) -> Any:
         )
     if args.methods:
         config = replace(config, methods=tuple(m.strip() for m in args.methods.split(",")))
+    if args.tune_seeds is not None:
+        config = replace(config, tune_seeds=args.tune_seeds)
     if args.workers is not None:
         config = replace(config, workers=args.workers)
     return config
