@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run one task only (default: both; --quick: sentiment_length)",
     )
-    p.add_argument("--seeds", type=int, default=None, help="reported seeds per method and task")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="reported seeds per method: N for every task, or task=N,task=N",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -68,7 +72,14 @@ def configure(args: argparse.Namespace) -> Any:
     if args.task:
         config = replace(config, tasks=(args.task,))
     if args.seeds is not None:
-        config = replace(config, seeds={t: args.seeds for t in config.seeds})
+        seeds = dict(config.seeds)
+        for part in args.seeds.split(","):
+            name, _, n = part.rpartition("=")
+            for t in [name] if name else list(seeds):
+                if t not in seeds:
+                    raise SystemExit(f"--seeds: unknown task {t!r}")
+                seeds[t] = int(n)
+        config = replace(config, seeds=seeds)
     if args.steps is not None:
         s = args.steps
         config = replace(

@@ -168,8 +168,8 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
     * ``pama_no_noon``: the closed form on unclipped advantages, standard PPO surrogate;
     * ``morlhf``: PPO on the scalarised reward, one advantage ``sum_i w_i A_i`` per token,
       standard clipping, no Noon (uniform weights unless ``weights``);
-    * ``mgda_ub``: MGDA-UB over the per-token ratio with l2-normalised gradients of the
-      per-objective *standard* (unclipped-advantage) PPO losses;
+    * ``mgda_ub``: MGDA-UB (min-norm over the gradients at the policy's last hidden states,
+      l2-normalised) of the n per-objective *standard* PPO losses (advantages not clipped);
     * ``linear_noon``: ``sum_i w_i L_i`` of Noon-clipped per-objective PPO losses (the
       demo's old "MORLHF"), a labelled variant.
     """
@@ -197,19 +197,27 @@ def available_methods(methods: Sequence[str]) -> list[str]:
 
 
 def make_jobs(config: StudyConfig, task: str, n_objectives: int) -> list[dict[str, Any]]:
-    """Every run of one task: the SFT evaluation, methods x seeds, the MORLHF sweep."""
+    """Every run of one task: the SFT evaluation, methods x seeds, the MORLHF sweep.
+
+    Seed-major order (seed 0 of every method and weight, then seed 1, ...), so that a run
+    stopped early has complete *paired* seeds for every method.
+    """
     jobs: list[dict[str, Any]] = [{"task": task, "kind": "sft", "method": "sft", "seed": 0}]
-    for method in available_methods(config.methods):
-        for seed in range(config.seeds[task]):
-            jobs.append({"task": task, "kind": "study", "method": method, "seed": seed})
     uniform = [round(1.0 / n_objectives, 6)] * n_objectives
-    for w in front_weights(n_objectives, config.front_points[task]):
-        if np.allclose(w, uniform, atol=1e-5) and "morlhf" in config.methods:
-            continue  # the uniform weight's runs are the morlhf method's own seeds
-        for seed in range(config.front_seeds):
-            jobs.append(
-                {"task": task, "kind": "front", "method": "morlhf", "seed": seed, "weights": w}
-            )
+    weights = [
+        w
+        for w in front_weights(n_objectives, config.front_points[task])
+        if not (np.allclose(w, uniform, atol=1e-5) and "morlhf" in config.methods)
+    ]  # the uniform weight's runs are the morlhf method's own seeds
+    for seed in range(max(config.seeds[task], config.front_seeds)):
+        if seed < config.seeds[task]:
+            for method in available_methods(config.methods):
+                jobs.append({"task": task, "kind": "study", "method": method, "seed": seed})
+        if seed < config.front_seeds:
+            for w in weights:
+                jobs.append(
+                    {"task": task, "kind": "front", "method": "morlhf", "seed": seed, "weights": w}
+                )
     return jobs
 
 
