@@ -365,3 +365,28 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
         plot_front(t, out / f"{name}_front.png", f"{name}: held-out means, 95% CIs")
         plot_reward_kl(t, out / f"{name}_reward_kl.png", f"{name}: reward against KL")
         plot_rates(t, out / f"{name}_rates.png", f"{name}: PAMA's zero / conflict rates")
+
+
+def headline_table(t: Mapping[str, Any]) -> str:
+    """The README's compact table of one task: means with 95% CIs at the last checkpoint."""
+    objs = t["objectives"]
+    head = ["method", *[f"{o} ↑" for o in objs], "joint success ↑", "per-response HV ↑", "KL"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    sft = t["sft"]
+    lines.append(
+        _row(
+            [
+                "SFT (start)",
+                *[_f(sft[o]) for o in objs],
+                _f(sft["joint_success"]),
+                _f(sft["per_response_hv"]),
+                "0",
+            ]
+        )
+    )
+    for m, e in t["methods"].items():
+        mean, ci = e["mean"], e["ci95"]
+        cells = [METHOD_LABELS.get(m, m), *[_ci(mean[o], ci[o]) for o in objs]]
+        cells += [_ci(mean[k], ci[k]) for k in ("joint_success", "per_response_hv")]
+        lines.append(_row([*cells, _f(mean["kl"], 1)]))
+    return "\n".join(lines) + "\n"
