@@ -110,6 +110,10 @@ def test_moppo_trainer_on_cuda(tmp_path: Path, combiner: str, precision: str) ->
     from hf_fixtures import PROMPTS, make_tiny_lm
     from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
 
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process; each parametrised run sets its own precision.
+    AcceleratorState._reset_state(reset_partial_state=True)
     lm = make_tiny_lm(tmp_path / "lm")
     config = MOPPOConfig(
         combiner=combiner,
