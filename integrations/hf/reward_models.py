@@ -31,6 +31,8 @@ from .data import is_conversation, with_response
 __all__ = [
     "RewardHead",
     "RewardModel",
+    "accepts_prompt_texts",
+    "bind_prompt_texts",
     "parse_reward_model_spec",
     "shared_reward_model",
 ]
@@ -347,3 +349,28 @@ def parse_reward_model_spec(spec: str, **options: Any) -> list[RewardHead]:
         raise ValueError(f"reward spec {spec!r}: an output is listed twice")
     model = shared_reward_model(path, **options)
     return [model.head(label, name) for name, label in zip(names, labels, strict=True)]
+
+
+def accepts_prompt_texts(fn: Any) -> bool:
+    """Whether a reward function takes the ``prompt_texts`` keyword (or ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "prompt_texts" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+
+
+def bind_prompt_texts(fn: Any, prompt_texts: Sequence[str]) -> Any:
+    """``fn`` as a two-argument reward function that also receives ``prompt_texts`` (the
+    prompts as the policy saw them) when it takes that keyword; ``fn`` itself otherwise."""
+    if not accepts_prompt_texts(fn):
+        return fn
+
+    def bound(prompts: Sequence[Any], responses: Sequence[str]) -> Any:
+        return fn(prompts, responses, prompt_texts=list(prompt_texts))
+
+    return bound

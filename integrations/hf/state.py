@@ -24,8 +24,16 @@ __all__ = ["CHECKPOINT_VERSION", "load_training_state", "save_checkpoint"]
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(trainer: MOPPOTrainer, directory: str | Path | None = None) -> Path:
-    """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically."""
+def save_checkpoint(
+    trainer: MOPPOTrainer,
+    directory: str | Path | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically.
+
+    ``extra_files`` (name -> text) are written into the same folder before it appears, e.g.
+    the evaluation that made it the best checkpoint.
+    """
     from safetensors.torch import save_file
 
     target = (
@@ -56,6 +64,8 @@ def save_checkpoint(trainer: MOPPOTrainer, directory: str | Path | None = None) 
                 "config": trainer.config.to_dict(),
                 "history": trainer.history,
             }
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
 
         atomic_write_dir(target, write)

@@ -458,6 +458,8 @@ class MOPPOTrainer:
             texts.extend(roll.responses)
         return texts
 
-    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
+    def save_checkpoint(
+        self, directory: str | Path | None = None, extra_files: dict[str, str] | None = None
+    ) -> Path:
         """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically."""
-        return save_checkpoint(self, directory)
+        return save_checkpoint(self, directory, extra_files)
