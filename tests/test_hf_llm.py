@@ -217,7 +217,7 @@ def test_quantisation_is_refused_early_with_the_reason(monkeypatch) -> None:
         check_quantization(_quant_cfg(load_in_8bit=True))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="load_in_4bit needs a CUDA GPU"):
+    with pytest.raises(ValueError, match="load_in_4bit needs a CUDA GPU"):
         check_quantization(_quant_cfg(load_in_4bit=True))
 
 

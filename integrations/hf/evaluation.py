@@ -110,7 +110,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     if mine:
         texts = render_prompts(trainer.tokenizer, mine)
-        responses = trainer.generate(texts, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        responses = trainer.generate(mine, max_new_tokens=max_new_tokens, do_sample=do_sample)
         fns = [bind_prompt_texts(fn, texts) for fn in trainer.reward_fns]
         step_no = trainer.global_step if step is None else step
         scores = score_batch(fns, trainer.reward_names, mine, responses, step=step_no)

@@ -47,22 +47,34 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
     return tokenizer
 
 
-def from_pretrained(path: str | Path, dtype: str | None) -> nn.Module:
+def from_pretrained(path: str | Path, dtype: str | None, **extra: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     # Never run code shipped with a checkpoint.
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    kwargs: dict[str, Any] = {"trust_remote_code": False, **extra}
     if dtype is not None:
         kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 
 def load_policy_and_reference(
-    config: MOPPOConfig, policy: Any, resume_dir: Path | None
+    config: MOPPOConfig,
+    policy: Any,
+    resume_dir: Path | None,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
-    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled)."""
+    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled).
+
+    With ``load_in_8bit`` / ``load_in_4bit`` the base is loaded quantised onto ``device``
+    and prepared for k-bit training (:mod:`.quant`) before the adapter goes on.
+    """
+    from .quant import is_quantized, prepare_quantized_policy, quantized_load_kwargs
+
     cfg = config
-    base = from_pretrained(policy, cfg.dtype) if isinstance(policy, (str, Path)) else policy
+    if isinstance(policy, (str, Path)):
+        base = from_pretrained(policy, cfg.dtype, **quantized_load_kwargs(cfg, device))
+    else:
+        base = policy
     if cfg.disable_dropout:
         zero_dropout(base)
     if cfg.use_lora:
@@ -70,6 +82,8 @@ def load_policy_and_reference(
 
         if isinstance(base, PeftModel):
             raise ValueError("pass the base model; the trainer adds the LoRA adapter itself")
+        if is_quantized(base):
+            base = prepare_quantized_policy(base, cfg.gradient_checkpointing)
         if resume_dir is not None:
             model = PeftModel.from_pretrained(base, str(resume_dir / "policy"), is_trainable=True)
         else:

@@ -77,7 +77,7 @@ def check_quantization(config: Any, *, hardware: bool = True) -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(f"MOPPOConfig.{flag} needs bitsandbytes: {QUANT_EXTRA}")
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ValueError(
             f"MOPPOConfig.{flag} needs a CUDA GPU (bitsandbytes kernels); none is available. "
             "On a CPU, train a LoRA adapter on full-precision weights instead."
         )

@@ -18,6 +18,7 @@ its tokenizer has one; otherwise ``prompt_text + separator + response``, where
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "accepts_prompt_texts",
     "bind_prompt_texts",
     "parse_reward_model_spec",
+    "parse_reward_specs",
     "shared_reward_model",
 ]
 
@@ -374,3 +376,20 @@ def bind_prompt_texts(fn: Any, prompt_texts: Sequence[str]) -> Any:
         return fn(prompts, responses, prompt_texts=list(prompt_texts))
 
     return bound
+
+
+_MULTI_LABELS = re.compile(r".*:-?\d+(,-?\d+)+")
+
+
+def parse_reward_specs(spec: str) -> list[Any]:
+    """One command-line ``--reward`` spec -> its reward functions (one per objective).
+
+    ``N1,N2=PATH:L1,L2`` (several names or labels) -> :func:`parse_reward_model_spec`;
+    anything else -> ``[rewards.parse_reward_spec(spec)]``.
+    """
+    from .rewards import parse_reward_spec
+
+    name, eq, body = spec.strip().partition("=")
+    if (eq and "," in name) or _MULTI_LABELS.fullmatch(body if eq else name):
+        return list(parse_reward_model_spec(spec))
+    return [parse_reward_spec(spec)]

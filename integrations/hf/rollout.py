@@ -25,6 +25,8 @@ class Rollout:
     attention_mask: torch.Tensor
     mask: torch.Tensor
     response_start: int
+    conversations: list[Any] | None = None
+    """The prompts as given when they are conversations (``prompts`` holds their rendering)."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -32,11 +34,20 @@ class Rollout:
 
 
 def tokenize_prompts(
-    tokenizer: Any, prompts: list[str], device: torch.device, max_length: int | None = None
+    tokenizer: Any,
+    prompts: list[str],
+    device: torch.device,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Left-padded prompt batch (generation appends on the right)."""
+    """Left-padded prompt batch (generation appends on the right).
+
+    ``add_special_tokens=False`` for text rendered by a chat template, which already holds
+    the model's BOS (adding it again would give two).
+    """
     enc = tokenizer(
         prompts,
+        add_special_tokens=add_special_tokens,
         padding=True,
         padding_side="left",
         truncation=max_length is not None,
@@ -77,13 +88,14 @@ def generate_rollout(
     *,
     device: torch.device,
     max_prompt_length: int | None = None,
+    add_special_tokens: bool = True,
 ) -> Rollout:
     """Sample one response per prompt with ``model.generate`` (KV cache on).
 
     ``generation_config`` is a ``transformers.GenerationConfig``; its EOS ids
     define where responses end.
     """
-    enc = tokenize_prompts(tokenizer, prompts, device, max_prompt_length)
+    enc = tokenize_prompts(tokenizer, prompts, device, max_prompt_length, add_special_tokens)
     out = model.generate(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],

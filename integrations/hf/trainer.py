@@ -32,6 +32,8 @@ from torch import nn
 from .advantages import AdaptiveKLController, gae, kl_penalized_rewards, normalize_advantages
 from .checkpoint import STATE_FILE, find_latest_checkpoint, is_checkpoint
 from .config import MOPPOConfig
+from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts
+from .evaluation import BestCheckpoint, EvalResult, evaluate
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
@@ -42,6 +44,7 @@ from .models import (
     load_tokenizer,
 )
 from .reporting import Reporter, append_jsonl
+from .reward_models import bind_prompt_texts
 from .rewards import RewardModelFunction, parse_reward_spec, reward_name, score_batch
 from .rollout import Rollout, generate_rollout
 from .state import load_training_state, save_checkpoint
@@ -60,7 +63,12 @@ class MOPPOTrainer:
             or a ``PreTrainedModel`` (trained in place; the reference is a frozen copy).
         tokenizer: a tokenizer; loaded from ``policy`` when it is a name or path.
         prompts: the prompt pool; each step samples ``config.batch_size`` per process.
-        rewards: n reward functions ``(prompts, responses) -> list[float]``,
+            Strings or conversations (lists of ``{"role", "content"}`` messages, rendered
+            with the tokenizer's chat template), or any source
+            :func:`~.data.load_prompt_dataset` reads (a ``datasets.Dataset``, a file, ...).
+        rewards: n reward functions ``(prompts, responses) -> list[float]``. They receive
+            the prompts as given (a conversation stays a list of messages); a function that
+            takes a ``prompt_texts`` keyword also gets the text the policy saw. Also
             :class:`~paretoopt.integrations.hf.RewardModelFunction` instances, or specs such
             as ``"length"`` / ``"name=PATH:LABEL"`` (see ``parse_reward_spec``).
         reward_names: names for logging (default: the functions' names).
@@ -68,6 +76,8 @@ class MOPPOTrainer:
         callbacks: extra ``transformers.TrainerCallback`` objects (``on_log`` gets
             every step's metrics), besides those named in ``config.report_to``.
         accelerator: an ``accelerate.Accelerator``; one is made from the config if None.
+        eval_prompts: held-out prompts (any prompt source) evaluated every
+            ``config.eval_every`` steps and at the end (:mod:`.evaluation`).
     """
 
     def __init__(
@@ -75,12 +85,13 @@ class MOPPOTrainer:
         config: MOPPOConfig,
         policy: str | Path | nn.Module,
         tokenizer: Any = None,
-        prompts: Sequence[str] = (),
+        prompts: Sequence[Prompt] | Any = (),
         rewards: Sequence[Callable[..., Any] | str] = (),
         reward_names: Sequence[str] | None = None,
         combiner: Any = None,
         callbacks: Sequence[Any] = (),
         accelerator: Any = None,
+        eval_prompts: Sequence[Prompt] | Any = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -94,9 +105,12 @@ class MOPPOTrainer:
         # The same seed on every process: value heads (and LoRA) start identical.
         set_seed(config.seed)
 
-        self.prompts = [str(p) for p in prompts]
-        if not self.prompts:
+        if isinstance(prompts, Sequence) and not isinstance(prompts, str) and not len(prompts):
             raise ValueError("MOPPOTrainer needs a non-empty list of prompts")
+        self.prompts: list[Prompt] = load_prompt_dataset(prompts)
+        self.eval_prompts: list[Prompt] | None = (
+            None if eval_prompts is None else load_prompt_dataset(eval_prompts)
+        )
         self.reward_fns = [parse_reward_spec(r) if isinstance(r, str) else r for r in rewards]
         if not self.reward_fns:
             raise ValueError("MOPPOTrainer needs at least one reward function")
@@ -110,7 +124,12 @@ class MOPPOTrainer:
 
         self.resume_dir = self._resolve_resume(config.resume_from)
         self.tokenizer = load_tokenizer(policy, tokenizer)
-        model, self.ref_model = load_policy_and_reference(config, policy, self.resume_dir)
+        self.policy_source = str(policy) if isinstance(policy, (str, Path)) else None
+        if is_conversation(self.prompts[0]):
+            render_prompts(self.tokenizer, self.prompts[:1])  # no chat template: fail now
+        model, self.ref_model = load_policy_and_reference(
+            config, policy, self.resume_dir, self.device
+        )
         heads = ValueHeads(hidden_size(model), self.n_objectives)
         module = PolicyWithValueHeads(model, heads).to(self.device)
         if config.gradient_checkpointing:
@@ -134,6 +153,7 @@ class MOPPOTrainer:
             else build_combiner(config, self.accelerator.num_processes)
         )
         self.use_pama_fast_path = is_pama(self.combiner) and config.pama_fast_path
+        self._check_accumulation()
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
             config.kl_coef, config.target_kl, config.kl_horizon, config.adaptive_kl
@@ -144,8 +164,16 @@ class MOPPOTrainer:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self._callbacks = list(callbacks)
         self._report: Reporter | None = None
+        self.eval_history: list[dict[str, Any]] = []
+        self.best: BestCheckpoint | None = None
+        if config.best_criterion is not None:
+            self.best = BestCheckpoint(
+                config.best_criterion, self.reward_names, self.output_dir / "best"
+            )
         if self.resume_dir is not None:
             load_training_state(self, self.resume_dir)
+            if self.best is not None:
+                self.best.restore()
 
     # ------------------------------------------------------------------ setup
 
@@ -161,6 +189,23 @@ class MOPPOTrainer:
             seen[name] = seen.get(name, 0) + 1
             unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
         return unique
+
+    def _check_accumulation(self) -> None:
+        """Micro-batches give the mini-batch's update only when the policy loss is a token
+        mean whatever the combiner's state: PAMA's fast path and fixed weights, not MGDA."""
+        mb = self.config.micro_batch_size
+        if mb is None or mb >= self.config.mini_batch_size or self.use_pama_fast_path:
+            return
+        granularity = getattr(self.combiner, "granularity", "token")
+        if getattr(self.combiner, "requires", None) is None or (
+            is_pama(self.combiner) and granularity == "token"
+        ):
+            return
+        raise ValueError(
+            f"micro_batch_size={mb} with {type(self.combiner).__name__}: its weights depend on "
+            "the whole mini-batch's gradients, so accumulating micro-batches would change the "
+            "update; lower mini_batch_size instead"
+        )
 
     def _resolve_resume(self, resume_from: str | None) -> Path | None:
         if resume_from is None:
@@ -250,25 +295,36 @@ class MOPPOTrainer:
             out.append(self.prompts[perm[k % pool]])  # type: ignore[index]
         return out
 
-    def rollout(self, prompts: list[str]) -> Rollout:
-        """Sample one response per prompt from the current policy."""
+    def rollout(self, prompts: list[Prompt]) -> Rollout:
+        """Sample one response per prompt from the current policy.
+
+        Conversations are rendered with the chat template (generation prompt added) and
+        tokenized without adding special tokens again; ``Rollout.conversations`` keeps them.
+        """
         self.model.eval()
+        chat = bool(prompts) and is_conversation(prompts[0])
         with self.accelerator.autocast():
-            return generate_rollout(
+            rollout = generate_rollout(
                 self.policy,
                 self.tokenizer,
-                prompts,
+                render_prompts(self.tokenizer, prompts),
                 self.generation_config,
                 device=self.device,
                 max_prompt_length=self.config.max_prompt_length,
+                add_special_tokens=not chat,
             )
+        if chat:
+            rollout.conversations = list(prompts)
+        return rollout
 
     def score(self, rollout: Rollout, step: int | None = None) -> torch.Tensor:
         """Scores ``[n, B]`` on the device (see :func:`.rewards.score_batch`)."""
+        # Functions taking ``prompt_texts`` also get the text the policy saw.
+        fns = [bind_prompt_texts(fn, rollout.prompts) for fn in self.reward_fns]
         scores = score_batch(
-            self.reward_fns,
+            fns,
             self.reward_names,
-            rollout.prompts,
+            rollout.conversations or rollout.prompts,
             rollout.responses,
             step=self.global_step + 1 if step is None else step,
         )
@@ -288,9 +344,10 @@ class MOPPOTrainer:
 
     @torch.no_grad()
     def forward_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Log-probs under the policy and the reference, and the n values, in mini-batches."""
+        """Log-probs under the policy and the reference, and the n values, in chunks of
+        ``forward_chunk_size`` sequences (default ``mini_batch_size``)."""
         self.model.eval()
-        mb = self.config.mini_batch_size
+        mb = self.config.forward_chunk_size or self.config.mini_batch_size
         parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "ref_logprobs": []}
         temperature = self.config.temperature
         for lo in range(0, rollout.input_ids.shape[0], mb):
@@ -415,14 +472,68 @@ class MOPPOTrainer:
                     bar.set_postfix(shown)
                 if cfg.save_every and self.global_step % cfg.save_every == 0:
                     self.save_checkpoint()
+                if cfg.eval_every and self.global_step % cfg.eval_every == 0:
+                    self.run_evaluation()
             if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
                 self.save_checkpoint()
+            evaluated = (
+                bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
+            )
+            if self.eval_prompts is not None and not evaluated:
+                self.run_evaluation()
+            if cfg.export_dir is not None:
+                self.export(cfg.export_dir, merged=cfg.export_merged)
         finally:
             if bar is not None:
                 bar.close()
             if self._report is not None:
                 self._report.on_train_end()
         return self.history
+
+    def evaluate(self, prompts: Sequence[Prompt] | Any = None) -> EvalResult:
+        """Held-out rewards and hypervolumes of the current policy (:func:`.evaluation.evaluate`)
+        on ``prompts`` (default: ``eval_prompts``); the reference point is fixed by the first
+        evaluation unless ``config.eval_reference_point`` sets it."""
+        if prompts is None:
+            if self.eval_prompts is None:
+                raise ValueError("no held-out prompts: pass eval_prompts= to the trainer")
+            prompts = self.eval_prompts
+        else:
+            prompts = load_prompt_dataset(prompts)
+        cfg = self.config
+        reference = cfg.eval_reference_point
+        if reference is None and self.eval_history:
+            reference = self.eval_history[0]["reference_point"]
+        return evaluate(
+            self,
+            prompts,
+            reference_point=reference,
+            max_new_tokens=cfg.eval_max_new_tokens,
+            n_samples=cfg.eval_samples,
+        )
+
+    def run_evaluation(self) -> EvalResult:
+        """Evaluate, log (``OUTPUT_DIR/eval.jsonl`` with the samples; ``eval/*`` metrics to
+        ``report_to``) and update the best checkpoint."""
+        result = self.evaluate()
+        record = result.to_dict()
+        self.eval_history.append(record)
+        if self.accelerator.is_main_process:
+            if self.config.log_jsonl:
+                append_jsonl(self.output_dir / "eval.jsonl", record)
+            if self._report is not None:
+                self._report.on_log(result.metrics())
+        if self.best is not None:
+            self.best.update(self, result)
+        return result
+
+    def export(self, directory: str | Path, merged: bool = False) -> Path:
+        """The shipped model (adapter, merged weights on request, tokenizer, model card) in
+        ``directory`` (:func:`.export.export_model`); the card shows the last evaluation."""
+        from .export import export_model
+
+        last = self.eval_history[-1] if self.eval_history else None
+        return export_model(self, directory, merged=merged, eval_metrics=last)
 
     def log(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
@@ -436,24 +547,28 @@ class MOPPOTrainer:
     @torch.no_grad()
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         max_new_tokens: int | None = None,
         do_sample: bool = False,
     ) -> list[str]:
-        """Responses only (no prompt), greedy by default; in batches of ``batch_size``."""
+        """Responses only (no prompt), greedy by default; in batches of ``batch_size``.
+
+        Conversations are rendered with the chat template, as in training."""
         config = self._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
         self.model.eval()
         texts: list[str] = []
         prompts = list(prompts)
         for lo in range(0, len(prompts), self.config.batch_size):
+            part = prompts[lo : lo + self.config.batch_size]
             with self.accelerator.autocast():
                 roll = generate_rollout(
                     self.policy,
                     self.tokenizer,
-                    prompts[lo : lo + self.config.batch_size],
+                    render_prompts(self.tokenizer, part),
                     config,
                     device=self.device,
                     max_prompt_length=self.config.max_prompt_length,
+                    add_special_tokens=not is_conversation(part[0]),
                 )
             texts.extend(roll.responses)
         return texts
