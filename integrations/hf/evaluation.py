@@ -40,7 +40,14 @@ from .rewards import score_batch
 if TYPE_CHECKING:
     from .trainer import MOPPOTrainer
 
-__all__ = ["BestCheckpoint", "EvalResult", "evaluate", "parse_criterion"]
+__all__ = [
+    "BestCheckpoint",
+    "EvalResult",
+    "evaluate",
+    "evaluate_trainer",
+    "parse_criterion",
+    "run_evaluation",
+]
 
 EVAL_FILE = "eval.json"
 
@@ -230,3 +237,46 @@ class BestCheckpoint:
         )
         self.best, self.best_step = value, result.step
         return True
+
+
+def evaluate_trainer(trainer: MOPPOTrainer, prompts: Any = None) -> EvalResult:
+    """:func:`evaluate` with the trainer's settings, on ``prompts`` (default
+    ``trainer.eval_prompts``). The reference point is ``config.eval_reference_point`` or,
+    unset, the one fixed by the run's first evaluation."""
+    from .data import load_prompt_dataset
+
+    if prompts is None:
+        if trainer.eval_prompts is None:
+            raise ValueError("no held-out prompts: pass eval_prompts= to the trainer")
+        prompts = trainer.eval_prompts
+    else:
+        prompts = load_prompt_dataset(prompts)
+    cfg = trainer.config
+    reference = cfg.eval_reference_point
+    if reference is None and trainer.eval_history:
+        reference = trainer.eval_history[0]["reference_point"]
+    return evaluate(
+        trainer,
+        prompts,
+        reference_point=reference,
+        max_new_tokens=cfg.eval_max_new_tokens,
+        n_samples=cfg.eval_samples,
+    )
+
+
+def run_evaluation(trainer: MOPPOTrainer) -> EvalResult:
+    """Evaluate; log to ``OUTPUT_DIR/eval.jsonl`` (with the samples table) and the ``eval/*``
+    metrics to the reporting integrations; update the best checkpoint."""
+    from .reporting import append_jsonl
+
+    result = evaluate_trainer(trainer)
+    record = result.to_dict()
+    trainer.eval_history.append(record)
+    if trainer.accelerator.is_main_process:
+        if trainer.config.log_jsonl:
+            append_jsonl(trainer.output_dir / "eval.jsonl", record)
+        if trainer._report is not None:
+            trainer._report.on_log(result.metrics())
+    if trainer.best is not None:
+        trainer.best.update(trainer, result)
+    return result

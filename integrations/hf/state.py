@@ -63,6 +63,7 @@ def save_checkpoint(
                 "use_lora": trainer.config.use_lora,
                 "config": trainer.config.to_dict(),
                 "history": trainer.history,
+                "eval_history": getattr(trainer, "eval_history", []),
             }
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
@@ -97,6 +98,7 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     trainer.kl_controller.load_state_dict(state["kl_controller"])
     trainer.global_step = int(state["step"])
     trainer.history = list(state.get("history", []))
+    trainer.eval_history = list(state.get("eval_history", []))
     rng_path = folder / "rng_state.pt"
     if rng_path.is_file():
         restore_rng_state(torch.load(rng_path, weights_only=True))

@@ -33,7 +33,7 @@ from .advantages import AdaptiveKLController, gae, kl_penalized_rewards, normali
 from .checkpoint import STATE_FILE, find_latest_checkpoint, is_checkpoint
 from .config import MOPPOConfig
 from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts
-from .evaluation import BestCheckpoint, EvalResult, evaluate
+from .evaluation import BestCheckpoint, EvalResult, evaluate_trainer, run_evaluation
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
@@ -43,12 +43,13 @@ from .models import (
     load_policy_and_reference,
     load_tokenizer,
 )
+from .quant import is_quantized
 from .reporting import Reporter, append_jsonl
 from .reward_models import bind_prompt_texts
 from .rewards import RewardModelFunction, parse_reward_spec, reward_name, score_batch
 from .rollout import Rollout, generate_rollout
 from .state import load_training_state, save_checkpoint
-from .update import RolloutBatch, ppo_update
+from .update import RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, ValueHeads, response_forward
 
 __all__ = ["MOPPOTrainer", "RolloutBatch"]
@@ -131,7 +132,11 @@ class MOPPOTrainer:
             config, policy, self.resume_dir, self.device
         )
         heads = ValueHeads(hidden_size(model), self.n_objectives)
-        module = PolicyWithValueHeads(model, heads).to(self.device)
+        # bitsandbytes placed quantised weights while loading; they are not moved again.
+        quantized = is_quantized(model)
+        module = PolicyWithValueHeads(model, heads.to(self.device))
+        if not quantized:
+            module.to(self.device)
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             if config.use_lora and hasattr(model, "enable_input_require_grads"):
@@ -143,7 +148,9 @@ class MOPPOTrainer:
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
         )
-        self.model, self.optimizer = self.accelerator.prepare(module, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(
+            module, optimizer, device_placement=[not quantized, True]
+        )
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
@@ -153,7 +160,7 @@ class MOPPOTrainer:
             else build_combiner(config, self.accelerator.num_processes)
         )
         self.use_pama_fast_path = is_pama(self.combiner) and config.pama_fast_path
-        self._check_accumulation()
+        check_accumulation(self)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
             config.kl_coef, config.target_kl, config.kl_horizon, config.adaptive_kl
@@ -189,23 +196,6 @@ class MOPPOTrainer:
             seen[name] = seen.get(name, 0) + 1
             unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
         return unique
-
-    def _check_accumulation(self) -> None:
-        """Micro-batches give the mini-batch's update only when the policy loss is a token
-        mean whatever the combiner's state: PAMA's fast path and fixed weights, not MGDA."""
-        mb = self.config.micro_batch_size
-        if mb is None or mb >= self.config.mini_batch_size or self.use_pama_fast_path:
-            return
-        granularity = getattr(self.combiner, "granularity", "token")
-        if getattr(self.combiner, "requires", None) is None or (
-            is_pama(self.combiner) and granularity == "token"
-        ):
-            return
-        raise ValueError(
-            f"micro_batch_size={mb} with {type(self.combiner).__name__}: its weights depend on "
-            "the whole mini-batch's gradients, so accumulating micro-batches would change the "
-            "update; lower mini_batch_size instead"
-        )
 
     def _resolve_resume(self, resume_from: str | None) -> Path | None:
         if resume_from is None:
@@ -470,17 +460,17 @@ class MOPPOTrainer:
                     }
                     shown["kl"] = f"{metrics['kl']:.3g}"
                     bar.set_postfix(shown)
-                if cfg.save_every and self.global_step % cfg.save_every == 0:
-                    self.save_checkpoint()
                 if cfg.eval_every and self.global_step % cfg.eval_every == 0:
                     self.run_evaluation()
-            if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
-                self.save_checkpoint()
+                if cfg.save_every and self.global_step % cfg.save_every == 0:
+                    self.save_checkpoint()
             evaluated = (
                 bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
             )
             if self.eval_prompts is not None and not evaluated:
                 self.run_evaluation()
+            if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
+                self.save_checkpoint()
             if cfg.export_dir is not None:
                 self.export(cfg.export_dir, merged=cfg.export_merged)
         finally:
@@ -491,41 +481,14 @@ class MOPPOTrainer:
         return self.history
 
     def evaluate(self, prompts: Sequence[Prompt] | Any = None) -> EvalResult:
-        """Held-out rewards and hypervolumes of the current policy (:func:`.evaluation.evaluate`)
-        on ``prompts`` (default: ``eval_prompts``); the reference point is fixed by the first
-        evaluation unless ``config.eval_reference_point`` sets it."""
-        if prompts is None:
-            if self.eval_prompts is None:
-                raise ValueError("no held-out prompts: pass eval_prompts= to the trainer")
-            prompts = self.eval_prompts
-        else:
-            prompts = load_prompt_dataset(prompts)
-        cfg = self.config
-        reference = cfg.eval_reference_point
-        if reference is None and self.eval_history:
-            reference = self.eval_history[0]["reference_point"]
-        return evaluate(
-            self,
-            prompts,
-            reference_point=reference,
-            max_new_tokens=cfg.eval_max_new_tokens,
-            n_samples=cfg.eval_samples,
-        )
+        """Held-out rewards and hypervolumes of the current policy on ``prompts`` (default
+        ``eval_prompts``); see :func:`.evaluation.evaluate_trainer`."""
+        return evaluate_trainer(self, prompts)
 
     def run_evaluation(self) -> EvalResult:
-        """Evaluate, log (``OUTPUT_DIR/eval.jsonl`` with the samples; ``eval/*`` metrics to
-        ``report_to``) and update the best checkpoint."""
-        result = self.evaluate()
-        record = result.to_dict()
-        self.eval_history.append(record)
-        if self.accelerator.is_main_process:
-            if self.config.log_jsonl:
-                append_jsonl(self.output_dir / "eval.jsonl", record)
-            if self._report is not None:
-                self._report.on_log(result.metrics())
-        if self.best is not None:
-            self.best.update(self, result)
-        return result
+        """Evaluate, log (``OUTPUT_DIR/eval.jsonl``, ``eval/*`` metrics to ``report_to``) and
+        update the best checkpoint."""
+        return run_evaluation(self)
 
     def export(self, directory: str | Path, merged: bool = False) -> Path:
         """The shipped model (adapter, merged weights on request, tokenizer, model card) in

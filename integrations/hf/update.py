@@ -23,7 +23,14 @@ from .value_heads import clipped_value_loss
 if TYPE_CHECKING:
     from .trainer import MOPPOTrainer
 
-__all__ = ["RolloutBatch", "dp_loss_scale", "micro_batches", "policy_loss", "ppo_update"]
+__all__ = [
+    "RolloutBatch",
+    "check_accumulation",
+    "dp_loss_scale",
+    "micro_batches",
+    "policy_loss",
+    "ppo_update",
+]
 
 
 class RolloutBatch:
@@ -145,6 +152,29 @@ def policy_loss(
         }
     )
     return result.loss, result.weights, stats
+
+
+def check_accumulation(trainer: MOPPOTrainer) -> None:
+    """Refuse micro-batches where they would change the update.
+
+    Accumulation is exact when the policy loss is a token mean whose per-token terms do not
+    depend on the rest of the mini-batch: PAMA's fast path (``s*`` fixed before the update),
+    fixed weights, PAMA's generic route per token. MGDA's weights (and PAMA's per sample or
+    per batch on the generic route) come from the whole mini-batch's gradients.
+    """
+    mb = trainer.config.micro_batch_size
+    if mb is None or mb >= trainer.config.mini_batch_size or trainer.use_pama_fast_path:
+        return
+    combiner = trainer.combiner
+    if getattr(combiner, "requires", None) is None:
+        return
+    if is_pama(combiner) and getattr(combiner, "granularity", "token") == "token":
+        return
+    raise ValueError(
+        f"micro_batch_size={mb} with {type(combiner).__name__}: its weights depend on the "
+        "whole mini-batch's gradients, so accumulating micro-batches would change the update; "
+        "lower mini_batch_size instead"
+    )
 
 
 def micro_batches(idx: torch.Tensor, mask: torch.Tensor, size: int | None) -> list[Any]:
