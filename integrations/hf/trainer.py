@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .advantages import AdaptiveKLController, gae, kl_penalized_rewards, normalize_advantages
+from .advantages import (
+    AdaptiveKLController,
+    gae,
+    kl_penalized_rewards,
+    normalize_advantages,
+    scalarize_advantages,
+)
 from .checkpoint import STATE_FILE, find_latest_checkpoint, is_checkpoint
 from .config import WEIGHTED_COMBINERS, MOPPOConfig
 from .metrics import PhaseClock, step_metrics
@@ -356,13 +362,14 @@ class MOPPOTrainer:
 
         cfg = self.config
         mask = rollout.mask
-        normalized = normalize_advantages(
-            raw, mask, cfg.advantage_normalization, gather=self.accelerator.gather
-        )
+        gather = self.accelerator.gather
+        normalized = normalize_advantages(raw, mask, cfg.advantage_normalization, gather=gather)
         advantages = (noon_clip(normalized) if self.noon else normalized) * mask.unsqueeze(0)
         extra: dict[str, Any] = {}
         if self.scalarized_reward:
-            extra["scalar_advantages"] = self.scalarized_advantages(raw, mask)
+            extra["scalar_advantages"] = scalarize_advantages(
+                raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
+            )
         if is_pama(self.combiner):
             # Diagnostics on the normalised, not yet clipped advantages (conflict = signs differ).
             extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon)
@@ -388,21 +395,6 @@ class MOPPOTrainer:
             kl=kl,
             **extra,
         )
-
-    def scalarized_advantages(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MORLHF's one advantage per token: ``A = sum_i w_i A'_i``, then the normalisation.
-
-        GAE is linear in the rewards and the values, so ``sum_i w_i GAE(r_i, V_i)`` is GAE on
-        the scalarised reward ``sum_i w_i r_i`` with the value ``sum_i w_i V_i``: the n
-        value heads stay, and their weighted sum is the scalarised reward's critic. No Noon:
-        the standard PPO surrogate takes the signed advantage.
-        """
-        w = torch.tensor(self.combiner.weights, dtype=raw.dtype, device=raw.device)
-        scalar = (w.view(-1, 1, 1) * raw).sum(0, keepdim=True)
-        scalar = normalize_advantages(
-            scalar, mask, self.config.advantage_normalization, gather=self.accelerator.gather
-        )
-        return scalar[0] * mask
 
     def update(
         self, batch: RolloutBatch, step: int, clock: PhaseClock | dict[str, float] | None = None
