@@ -55,6 +55,8 @@ def save_checkpoint(trainer: MOPPOTrainer, directory: str | Path | None = None) 
                 "use_lora": trainer.config.use_lora,
                 "config": trainer.config.to_dict(),
                 "history": trainer.history,
+                "value_warmup_step": trainer.value_warmup_step,
+                "value_warmup_history": trainer.value_warmup_history,
             }
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
 
@@ -87,6 +89,8 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     trainer.kl_controller.load_state_dict(state["kl_controller"])
     trainer.global_step = int(state["step"])
     trainer.history = list(state.get("history", []))
+    trainer.value_warmup_step = int(state.get("value_warmup_step", 0))
+    trainer.value_warmup_history = list(state.get("value_warmup_history", []))
     rng_path = folder / "rng_state.pt"
     if rng_path.is_file():
         restore_rng_state(torch.load(rng_path, weights_only=True))
