@@ -74,11 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--combiner",
-        choices=["pama", "linear", "morlhf", "mgda_ub", "mgda"],
-        help="how the objectives are combined (default pama)",
+        choices=["pama", "morlhf", "linear_noon", "mgda_ub", "mgda", "linear"],
+        help="how the objectives are combined (default pama); morlhf: PPO on the scalarised "
+        "reward; linear_noon: sum of Noon PPO losses; linear: sum of PPO losses (--noon)",
     )
     p.add_argument(
-        "--weights", type=float, nargs="+", help="fixed weights for --combiner linear/morlhf"
+        "--weights",
+        type=float,
+        nargs="+",
+        help="fixed weights, one per --reward, for morlhf/linear_noon/linear (default 1/n)",
+    )
+    p.add_argument(
+        "--noon",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Noon clipping A = max(A, 0) for pama/linear/mgda* (default on)",
+    )
+    p.add_argument(
+        "--mgda-normalization",
+        choices=["none", "l2", "loss", "loss+"],
+        help="gradient normalisation of mgda/mgda_ub (default l2)",
+    )
+    p.add_argument(
+        "--value-warmup-steps",
+        type=int,
+        help="value-only steps on the starting policy before the first update (default 0)",
     )
     p.add_argument("--granularity", choices=["token", "sample", "batch"], help="PAMA granularity")
     p.add_argument("--config", type=Path, help="MOPPOConfig as JSON; flags given here override it")
@@ -188,6 +208,9 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "vf_coef",
         "ratio_to",
         "advantage_normalization",
+        "noon",
+        "mgda_normalization",
+        "value_warmup_steps",
         "temperature",
         "lora_r",
         "lora_alpha",
@@ -211,7 +234,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     if args.granularity is not None:
         data["pama_granularity"] = args.granularity
     if args.weights is not None:
-        data.setdefault("combiner_kwargs", {})["weights"] = args.weights
+        data["combiner_weights"] = args.weights
     if args.no_adaptive_kl:
         data["adaptive_kl"] = False
     if args.lora:

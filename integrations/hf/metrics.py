@@ -2,14 +2,15 @@
 
 Metric names (docs/trainer.md lists them): ``reward/<name>``, ``kl``, ``kl_coef``,
 ``response_length``, ``advantage/<name>``, PAMA's ``binding_rate/<name>``, ``conflict_rate``,
-``zero_rate``, ``mean_s_star`` and ``weights/<name>``, the update's loss statistics and
+``zero_rate``, ``mean_s_star`` and ``weights/<name>``, ``value/error/<name>`` and
+``value/explained_variance/<name>``, the update's loss statistics and
 ``time/<phase>``. Under data parallelism every metric is a mean over all processes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .trainer import MOPPOTrainer
     from .update import RolloutBatch
 
-__all__ = ["PhaseClock", "step_metrics"]
+__all__ = ["PhaseClock", "step_metrics", "value_error_metrics"]
 
 
 def now(device: torch.device) -> float:
@@ -108,6 +109,7 @@ def step_metrics(
         total = gather(local).sum(dim=0)
         token_means = {k: float(total[j] / total[-1].clamp_min(1.0)) for j, k in enumerate(keys)}
     metrics.update(token_means)
+    metrics.update(value_error_metrics(batch.values, batch.returns, batch.mask, names, gather))
     # Loss statistics are per process; average them across processes.
     keys = sorted(update_stats)
     if keys:
@@ -116,3 +118,47 @@ def step_metrics(
         metrics.update(dict(zip(keys, averaged, strict=True)))
     metrics.update(timings)
     return metrics
+
+
+def value_error_metrics(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    names: list[str],
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """``value/error/<name>``: masked mean of ``(V_i - R_i)^2``; and the explained variance.
+
+    ``value/explained_variance/<name>`` = ``1 - Var(R_i - V_i) / Var(R_i)`` over valid tokens
+    (1: perfect, 0: no better than a constant, < 0: worse); left out when the returns are
+    constant. ``values`` are the heads' outputs at rollout time, i.e. before this step's
+    update. Sums are gathered over processes, so the numbers are global.
+    """
+    maskf = mask.to(torch.float64).unsqueeze(0)
+    v = values.to(torch.float64)
+    r = returns.to(torch.float64)
+    res = (r - v) * maskf
+    rm = r * maskf
+    count = maskf.sum(dim=(1, 2)).expand(v.shape[0])
+    local = torch.stack(
+        [
+            (res * res).sum(dim=(1, 2)),
+            res.sum(dim=(1, 2)),
+            rm.sum(dim=(1, 2)),
+            (rm * rm).sum(dim=(1, 2)),
+            count,
+        ],
+        dim=1,
+    )  # [n, 5]
+    total = gather(local.unsqueeze(0).contiguous()).sum(dim=0) if gather is not None else local
+    out: dict[str, float] = {}
+    for i, name in enumerate(names):
+        sq, s_res, s_r, sq_r, c = (float(x) for x in total[i])
+        c = max(c, 1.0)
+        mse = sq / c
+        out[f"value/error/{name}"] = mse
+        var_r = sq_r / c - (s_r / c) ** 2
+        var_res = mse - (s_res / c) ** 2
+        if var_r > 1e-12:
+            out[f"value/explained_variance/{name}"] = 1.0 - var_res / var_r
+    return out

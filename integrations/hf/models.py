@@ -19,12 +19,14 @@ from .config import MOPPOConfig
 __all__ = [
     "DTYPES",
     "build_combiner",
+    "combiner_weights",
     "from_pretrained",
     "generation_config",
     "hidden_size",
     "is_pama",
     "load_policy_and_reference",
     "load_tokenizer",
+    "uses_noon",
     "zero_dropout",
 ]
 
@@ -139,13 +141,60 @@ def is_pama(combiner: Any) -> bool:
     return isinstance(combiner, PAMA)
 
 
-def build_combiner(config: MOPPOConfig, num_processes: int = 1) -> Any:
-    """The combiner named by the config (MGDA variants all-reduce under data parallelism)."""
-    from paretoopt import make_combiner
+def combiner_weights(config: MOPPOConfig, n_objectives: int) -> list[float]:
+    """The fixed weights of "morlhf" / "linear_noon" / "linear", checked against n.
+
+    ``config.combiner_weights``, else ``combiner_kwargs["weights"]``, else uniform 1/n.
+    Called when the trainer is built, so a wrong count fails before any rollout.
+    """
+    weights = config.combiner_weights
+    source = "MOPPOConfig.combiner_weights"
+    if weights is None and config.combiner_kwargs.get("weights") is not None:
+        weights = config.combiner_kwargs["weights"]
+        source = "MOPPOConfig.combiner_kwargs['weights']"
+    if weights is None:
+        return [1.0 / n_objectives] * n_objectives
+    weights = [float(w) for w in weights]
+    if len(weights) != n_objectives:
+        raise ValueError(
+            f"{source} has {len(weights)} weights but the trainer has {n_objectives} rewards: "
+            "give one weight per reward"
+        )
+    return weights
+
+
+def uses_noon(config: MOPPOConfig) -> bool:
+    """Whether the per-objective advantages are Noon-clipped for ``config.combiner``."""
+    if config.combiner == "linear_noon":
+        return True
+    if config.combiner == "morlhf":
+        return False
+    return bool(config.noon)
+
+
+def build_combiner(
+    config: MOPPOConfig, num_processes: int = 1, n_objectives: int | None = None
+) -> Any:
+    """The combiner named by the config (MGDA variants all-reduce under data parallelism).
+
+    "morlhf", "linear_noon" and "linear" are all a :class:`paretoopt.LinearScalarization`
+    with the resolved weights; "morlhf" scalarises advantages, not losses, so the trainer
+    uses its weights only (:meth:`MOPPOTrainer.combine`).
+    """
+    from paretoopt import LinearScalarization, make_combiner
 
     kwargs = dict(config.combiner_kwargs)
+    if config.combiner in ("morlhf", "linear_noon", "linear"):
+        kwargs.pop("weights", None)
+        if n_objectives is None:
+            weights = config.combiner_weights or config.combiner_kwargs.get("weights")
+        else:
+            weights = combiner_weights(config, n_objectives)
+        return LinearScalarization(weights, **kwargs)
     if config.combiner == "pama":
         kwargs.setdefault("granularity", config.pama_granularity)
+    if config.combiner in ("mgda", "mgda_ub"):
+        kwargs.setdefault("normalization", config.mgda_normalization)
     if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
         # MGDA's Gram matrix does not decompose over processes: reduce it globally.
         from paretoopt.integrations.distributed import DistributedMGDA

@@ -64,6 +64,8 @@ def save_checkpoint(
                 "config": trainer.config.to_dict(),
                 "history": trainer.history,
                 "eval_history": getattr(trainer, "eval_history", []),
+                "value_warmup_step": trainer.value_warmup_step,
+                "value_warmup_history": trainer.value_warmup_history,
             }
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
@@ -99,6 +101,8 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     trainer.global_step = int(state["step"])
     trainer.history = list(state.get("history", []))
     trainer.eval_history = list(state.get("eval_history", []))
+    trainer.value_warmup_step = int(state.get("value_warmup_step", 0))
+    trainer.value_warmup_history = list(state.get("value_warmup_history", []))
     rng_path = folder / "rng_state.pt"
     if rng_path.is_file():
         restore_rng_state(torch.load(rng_path, weights_only=True))

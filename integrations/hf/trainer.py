@@ -29,19 +29,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from .advantages import AdaptiveKLController, gae, kl_penalized_rewards, normalize_advantages
+from .advantages import (
+    AdaptiveKLController,
+    gae,
+    kl_penalized_rewards,
+    normalize_advantages,
+    scalarize_advantages,
+)
 from .checkpoint import STATE_FILE, find_latest_checkpoint, is_checkpoint
-from .config import MOPPOConfig
+from .config import WEIGHTED_COMBINERS, MOPPOConfig
 from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts
 from .evaluation import BestCheckpoint, EvalResult, evaluate_trainer, run_evaluation
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
+    combiner_weights,
     generation_config,
     hidden_size,
     is_pama,
     load_policy_and_reference,
     load_tokenizer,
+    uses_noon,
 )
 from .quant import is_quantized
 from .reporting import Reporter, append_jsonl
@@ -51,6 +59,7 @@ from .rollout import Rollout, generate_rollout
 from .state import load_training_state, save_checkpoint
 from .update import RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, ValueHeads, response_forward
+from .warmup import run_value_warmup
 
 __all__ = ["MOPPOTrainer", "RolloutBatch"]
 
@@ -122,6 +131,8 @@ class MOPPOTrainer:
                 fn.to(self.device)
         self.n_objectives = len(self.reward_fns)
         self.reward_names = self._resolve_names(reward_names)
+        if combiner is None and config.combiner in WEIGHTED_COMBINERS:
+            combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
         self.resume_dir = self._resolve_resume(config.resume_from)
         self.tokenizer = load_tokenizer(policy, tokenizer)
@@ -157,9 +168,15 @@ class MOPPOTrainer:
         self.combiner = (
             combiner
             if combiner is not None
-            else build_combiner(config, self.accelerator.num_processes)
+            else build_combiner(config, self.accelerator.num_processes, self.n_objectives)
         )
         self.use_pama_fast_path = is_pama(self.combiner) and config.pama_fast_path
+        # MORLHF scalarises the advantages (one PPO surrogate), not the losses.
+        self.scalarized_reward = combiner is None and config.combiner == "morlhf"
+        self.noon = uses_noon(config)
+        self.value_warmup_step = 0
+        """Value warm-up steps done (``config.value_warmup_steps``; :mod:`.warmup`)."""
+        self.value_warmup_history: list[dict[str, float]] = []
         check_accumulation(self)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
@@ -392,21 +409,24 @@ class MOPPOTrainer:
 
         cfg = self.config
         mask = rollout.mask
-        normalized = normalize_advantages(
-            raw, mask, cfg.advantage_normalization, gather=self.accelerator.gather
-        )
-        advantages = noon_clip(normalized) * mask.unsqueeze(0)
+        gather = self.accelerator.gather
+        normalized = normalize_advantages(raw, mask, cfg.advantage_normalization, gather=gather)
+        advantages = (noon_clip(normalized) if self.noon else normalized) * mask.unsqueeze(0)
         extra: dict[str, Any] = {}
+        if self.scalarized_reward:
+            extra["scalar_advantages"] = scalarize_advantages(
+                raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
+            )
         if is_pama(self.combiner):
             # Diagnostics on the normalised, not yet clipped advantages (conflict = signs differ).
-            extra["pama_stats"] = pama_stats(normalized, mask, noon=True)
+            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon)
         if self.use_pama_fast_path:
             with (clock or PhaseClock(self.device)).add("combine"):
                 s_star, weights = pama_advantages(
                     advantages,
                     mask,
                     granularity=getattr(self.combiner, "granularity", cfg.pama_granularity),
-                    noon=True,
+                    noon=self.noon,
                     return_weights=True,
                 )
             extra.update(s_star=s_star, pama_weights=weights)
@@ -448,6 +468,10 @@ class MOPPOTrainer:
 
             bar = tqdm(total=cfg.steps, initial=self.global_step, desc="moppo", dynamic_ncols=True)
         try:
+            if self.global_step == 0 and self.value_warmup_step < cfg.value_warmup_steps:
+                run_value_warmup(self)
+                if cfg.save_every:
+                    self.save_checkpoint()  # checkpoint-0: a resumed run skips the warm-up
             while self.global_step < cfg.steps:
                 metrics = self.step()
                 self.log(metrics)
@@ -497,6 +521,16 @@ class MOPPOTrainer:
 
         last = self.eval_history[-1] if self.eval_history else None
         return export_model(self, directory, merged=merged, eval_metrics=last)
+
+    def log_value_warmup(self, metrics: dict[str, float]) -> None:
+        """A warm-up step's metrics: kept apart from ``history``, logged with ``step`` 0."""
+        self.value_warmup_history.append(metrics)
+        if not self.accelerator.is_main_process:
+            return
+        if self.config.log_jsonl:
+            append_jsonl(self.metrics_path, metrics)
+        if self._report is not None:
+            self._report.on_log(metrics)
 
     def log(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)

@@ -37,8 +37,9 @@ class RolloutBatch:
     """Everything the update needs, computed once per step without gradients.
 
     Tensors ``[B, T]`` (``logprobs``, ``ref_logprobs``, ``mask``, ``kl``) and
-    ``[n, B, T]`` (``values``, ``returns``, ``advantages`` = Noon-clipped);
-    ``s_star[B, T]`` and ``pama_weights[n, B, T]`` only with the PAMA fast path.
+    ``[n, B, T]`` (``values``, ``returns``, ``advantages`` = normalised, Noon-clipped when
+    the combiner uses Noon); ``s_star[B, T]`` and ``pama_weights[n, B, T]`` only with the
+    PAMA fast path; ``scalar_advantages[B, T]`` only with MORLHF.
     """
 
     def __init__(self, rollout: Rollout, scores: torch.Tensor, **tensors: Any):
@@ -52,6 +53,7 @@ class RolloutBatch:
         self.raw_advantages: torch.Tensor = tensors["raw_advantages"]  # type: ignore[assignment]
         self.kl: torch.Tensor = tensors["kl"]  # type: ignore[assignment]
         self.s_star = tensors.get("s_star")
+        self.scalar_advantages = tensors.get("scalar_advantages")
         self.pama_weights = tensors.get("pama_weights")
         self.pama_stats: dict[str, float] = tensors.get("pama_stats") or {}
 
@@ -99,11 +101,11 @@ def policy_loss(
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
     """The combined policy loss of one mini-batch; its weights [n] and stats.
 
-    PAMA fast path: the Noon PPO surrogate with advantage ``s*`` (one
-    backward).  Otherwise the n per-objective Noon PPO losses go to the
-    combiner, with ``shared=`` the last hidden states (MGDA-UB), the
-    per-token log-probs (generic PAMA), or ``params=`` the trainable policy
-    parameters (exact MGDA).
+    PAMA fast path: the PPO surrogate with advantage ``s*`` (one backward).
+    MORLHF: the PPO surrogate with the scalarised advantage. Otherwise the n
+    per-objective (Noon, per ``trainer.noon``) PPO losses go to the combiner,
+    with ``shared=`` the last hidden states (MGDA-UB), the per-token ratio
+    (generic PAMA), or ``params=`` the trainable policy parameters (exact MGDA).
 
     ``loss_scale`` replaces the data-parallel factor :func:`dp_loss_scale` (the update passes
     it already multiplied by a micro-batch's share of the mini-batch's tokens).
@@ -121,17 +123,26 @@ def policy_loss(
             out["logprobs"], anchor, batch.s_star[idx], mask, cliprange=cfg.cliprange
         )
         return loss * scale, None, {}
+    if batch.scalar_advantages is not None:
+        # MORLHF: the ordinary PPO surrogate on the one scalarised advantage.
+        loss = ppo_surrogate(
+            out["logprobs"], anchor, batch.scalar_advantages[idx], mask, cliprange=cfg.cliprange
+        )
+        weights = torch.tensor(combiner.weights, dtype=torch.float64)
+        return loss * scale, weights, {}
     advantages = batch.advantages[:, idx]
     requires = getattr(combiner, "requires", None)
     kwargs: dict[str, Any] = {}
     if is_pama(combiner):
         # Generic PAMA: the per-token ratio u is the shared tensor (DESIGN section 2).
         u = ratio(out["logprobs"], anchor)
-        losses = ppo_losses_from_ratio(u, advantages, mask, cliprange=cfg.cliprange, noon=True)
+        losses = ppo_losses_from_ratio(
+            u, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
+        )
         kwargs["shared"] = u
     else:
         losses = ppo_losses(
-            out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=True
+            out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
         )
     losses = losses * scale
     if requires == "shared" and "shared" not in kwargs:
