@@ -71,7 +71,11 @@ def trained_params(path: Path, cfg: MOPPOConfig) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("combiner", "kwargs"),
-    [("pama", {}), ("linear", {"combiner_kwargs": {"weights": [0.3, 0.7]}})],
+    [
+        ("pama", {}),
+        ("linear", {"combiner_kwargs": {"weights": [0.3, 0.7]}}),
+        ("morlhf", {"combiner_weights": [0.3, 0.7]}),
+    ],
 )
 def test_micro_batches_give_the_mini_batch_update(
     tiny_lm: Path, tmp_path: Path, combiner: str, kwargs: dict

@@ -26,6 +26,7 @@ __all__ = [
     "load_prompt_dataset",
     "render_prompt",
     "render_prompts",
+    "sample_prompts",
     "validate_prompt",
     "with_response",
 ]
@@ -228,3 +229,31 @@ def _is_hf_dataset(obj: Any) -> bool:
     except ImportError:  # pragma: no cover - datasets comes with the hf extra
         return False
     return isinstance(obj, (Dataset, DatasetDict, IterableDataset, IterableDatasetDict))
+
+
+def sample_prompts(
+    pool: Sequence[Prompt],
+    seed: int,
+    step: int,
+    batch_size: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> list[Prompt]:
+    """Process ``process_index``'s ``batch_size`` prompts for ``step`` (1-based).
+
+    A function of (seed, step) only, so a resumed run draws what an uninterrupted one would:
+    the pool is visited in a fresh random order each pass, and each process takes its own
+    slice of the global batch.
+    """
+    import torch
+
+    start = (step - 1) * batch_size * num_processes + process_index * batch_size
+    out: list[Prompt] = []
+    perm_epoch, perm = -1, None
+    for k in range(start, start + batch_size):
+        epoch = k // len(pool)
+        if epoch != perm_epoch:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perm, perm_epoch = torch.randperm(len(pool), generator=gen).tolist(), epoch
+        out.append(pool[perm[k % len(pool)]])  # type: ignore[index]
+    return out

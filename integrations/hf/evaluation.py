@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data import Prompt, render_prompts
+from .data import Prompt, is_conversation, render_prompts
 from .reward_models import bind_prompt_texts
 from .rewards import score_batch
 
@@ -45,6 +45,7 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "evaluate_trainer",
+    "generate_responses",
     "parse_criterion",
     "run_evaluation",
 ]
@@ -91,6 +92,38 @@ class EvalResult:
             "reference_point": self.reference_point,
             "samples": self.samples,
         }
+
+
+@torch.no_grad()
+def generate_responses(
+    trainer: MOPPOTrainer,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+) -> list[str]:
+    """The policy's responses (no prompt), greedy by default, in batches of ``batch_size``;
+    conversations are rendered with the chat template, as in training."""
+    from .rollout import generate_rollout
+
+    config = trainer._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
+    trainer.model.eval()
+    texts: list[str] = []
+    prompts = list(prompts)
+    step = trainer.config.batch_size
+    for lo in range(0, len(prompts), step):
+        part = prompts[lo : lo + step]
+        with trainer.accelerator.autocast():
+            roll = generate_rollout(
+                trainer.policy,
+                trainer.tokenizer,
+                render_prompts(trainer.tokenizer, part),
+                config,
+                device=trainer.device,
+                max_prompt_length=trainer.config.max_prompt_length,
+                add_special_tokens=not is_conversation(part[0]),
+            )
+        texts.extend(roll.responses)
+    return texts
 
 
 @torch.no_grad()
@@ -204,6 +237,13 @@ class BestCheckpoint:
         self.directory = Path(directory)
         self.best: float | None = None
         self.best_step: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, names: Sequence[str]) -> BestCheckpoint | None:
+        """``OUTPUT_DIR/best`` by ``config.best_criterion``; None when there is none."""
+        if config.best_criterion is None:
+            return None
+        return cls(config.best_criterion, names, Path(config.output_dir) / "best")
 
     def value(self, result: EvalResult) -> float:
         if self.criterion == "hypervolume":

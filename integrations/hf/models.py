@@ -19,6 +19,7 @@ from .config import MOPPOConfig
 __all__ = [
     "DTYPES",
     "build_combiner",
+    "build_trainable",
     "combiner_weights",
     "from_pretrained",
     "generation_config",
@@ -114,6 +115,34 @@ def load_policy_and_reference(
     ref.eval().requires_grad_(False)
     model.requires_grad_(True)
     return model, ref
+
+
+def build_trainable(
+    config: MOPPOConfig, model: nn.Module, n_objectives: int, accelerator: Any
+) -> tuple[nn.Module, Any]:
+    """The trainable module (policy + n value heads) and its AdamW, prepared by accelerate.
+
+    Quantised weights stay where bitsandbytes placed them while loading (they cannot move);
+    everything else goes to the accelerator's device.
+    """
+    from .quant import is_quantized
+    from .value_heads import PolicyWithValueHeads, ValueHeads
+
+    device = accelerator.device
+    heads = ValueHeads(hidden_size(model), n_objectives)
+    quantized = is_quantized(model)
+    module = PolicyWithValueHeads(model, heads.to(device))
+    if not quantized:
+        module.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if config.use_lora and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+    return accelerator.prepare(module, optimizer, device_placement=[not quantized, True])
 
 
 def generation_config(

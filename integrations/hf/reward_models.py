@@ -37,6 +37,7 @@ __all__ = [
     "parse_reward_model_spec",
     "parse_reward_specs",
     "shared_reward_model",
+    "unique_reward_names",
 ]
 
 
@@ -393,3 +394,21 @@ def parse_reward_specs(spec: str) -> list[Any]:
     if (eq and "," in name) or _MULTI_LABELS.fullmatch(body if eq else name):
         return list(parse_reward_model_spec(spec))
     return [parse_reward_spec(spec)]
+
+
+def unique_reward_names(fns: Sequence[Any], names: Sequence[str] | None) -> list[str]:
+    """One metric name per reward function (given, or the functions' own), made unique by
+    suffixes ``_1``, ``_2`` so that metric keys never collide."""
+    from .rewards import reward_name
+
+    if names is None:
+        names = [reward_name(fn, i) for i, fn in enumerate(fns)]
+    names = [str(n) for n in names]
+    if len(names) != len(fns):
+        raise ValueError(f"{len(names)} reward_names for {len(fns)} reward functions")
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
+    return unique

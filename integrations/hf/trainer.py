@@ -36,29 +36,34 @@ from .advantages import (
     normalize_advantages,
     scalarize_advantages,
 )
-from .checkpoint import STATE_FILE, find_latest_checkpoint, is_checkpoint
+from .checkpoint import resolve_resume
 from .config import WEIGHTED_COMBINERS, MOPPOConfig
-from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts
-from .evaluation import BestCheckpoint, EvalResult, evaluate_trainer, run_evaluation
+from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
+from .evaluation import (
+    BestCheckpoint,
+    EvalResult,
+    evaluate_trainer,
+    generate_responses,
+    run_evaluation,
+)
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
+    build_trainable,
     combiner_weights,
     generation_config,
-    hidden_size,
     is_pama,
     load_policy_and_reference,
     load_tokenizer,
     uses_noon,
 )
-from .quant import is_quantized
 from .reporting import Reporter, append_jsonl
-from .reward_models import bind_prompt_texts
-from .rewards import RewardModelFunction, parse_reward_spec, reward_name, score_batch
+from .reward_models import bind_prompt_texts, unique_reward_names
+from .rewards import RewardModelFunction, parse_reward_spec, score_batch
 from .rollout import Rollout, generate_rollout
 from .state import load_training_state, save_checkpoint
 from .update import RolloutBatch, check_accumulation, ppo_update
-from .value_heads import PolicyWithValueHeads, ValueHeads, response_forward
+from .value_heads import PolicyWithValueHeads, response_forward
 from .warmup import run_value_warmup
 
 __all__ = ["MOPPOTrainer", "RolloutBatch"]
@@ -130,11 +135,11 @@ class MOPPOTrainer:
             if isinstance(fn, RewardModelFunction):
                 fn.to(self.device)
         self.n_objectives = len(self.reward_fns)
-        self.reward_names = self._resolve_names(reward_names)
+        self.reward_names = unique_reward_names(self.reward_fns, reward_names)
         if combiner is None and config.combiner in WEIGHTED_COMBINERS:
             combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
-        self.resume_dir = self._resolve_resume(config.resume_from)
+        self.resume_dir = resolve_resume(config.resume_from, config.output_dir)
         self.tokenizer = load_tokenizer(policy, tokenizer)
         self.policy_source = str(policy) if isinstance(policy, (str, Path)) else None
         if is_conversation(self.prompts[0]):
@@ -142,25 +147,8 @@ class MOPPOTrainer:
         model, self.ref_model = load_policy_and_reference(
             config, policy, self.resume_dir, self.device
         )
-        heads = ValueHeads(hidden_size(model), self.n_objectives)
-        # bitsandbytes placed quantised weights while loading; they are not moved again.
-        quantized = is_quantized(model)
-        module = PolicyWithValueHeads(model, heads.to(self.device))
-        if not quantized:
-            module.to(self.device)
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if config.use_lora and hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable,
-            lr=config.learning_rate,
-            eps=config.adam_eps,
-            weight_decay=config.weight_decay,
-        )
-        self.model, self.optimizer = self.accelerator.prepare(
-            module, optimizer, device_placement=[not quantized, True]
+        self.model, self.optimizer = build_trainable(
+            config, model, self.n_objectives, self.accelerator
         )
         if self.ref_model is not None:
             self.ref_model.to(self.device)
@@ -189,45 +177,13 @@ class MOPPOTrainer:
         self._callbacks = list(callbacks)
         self._report: Reporter | None = None
         self.eval_history: list[dict[str, Any]] = []
-        self.best: BestCheckpoint | None = None
-        if config.best_criterion is not None:
-            self.best = BestCheckpoint(
-                config.best_criterion, self.reward_names, self.output_dir / "best"
-            )
+        self.best = BestCheckpoint.from_config(config, self.reward_names)
         if self.resume_dir is not None:
             load_training_state(self, self.resume_dir)
             if self.best is not None:
                 self.best.restore()
 
     # ------------------------------------------------------------------ setup
-
-    def _resolve_names(self, names: Sequence[str] | None) -> list[str]:
-        if names is None:
-            names = [reward_name(fn, i) for i, fn in enumerate(self.reward_fns)]
-        names = [str(n) for n in names]
-        if len(names) != self.n_objectives:
-            raise ValueError(f"{len(names)} reward_names for {self.n_objectives} reward functions")
-        seen: dict[str, int] = {}
-        unique = []
-        for name in names:  # metric keys must not collide
-            seen[name] = seen.get(name, 0) + 1
-            unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
-        return unique
-
-    def _resolve_resume(self, resume_from: str | None) -> Path | None:
-        if resume_from is None:
-            return None
-        if resume_from == "latest":
-            found = find_latest_checkpoint(self.config.output_dir)
-            if found is None:
-                raise FileNotFoundError(
-                    f"resume_from='latest' but no complete checkpoint-* in {self.config.output_dir}"
-                )
-            return found
-        path = Path(resume_from)
-        if not is_checkpoint(path):
-            raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
-        return path
 
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
         return generation_config(
@@ -282,25 +238,14 @@ class MOPPOTrainer:
         self.global_step = step
         return metrics
 
-    def sample_prompts(self, step: int) -> list[str]:
-        """This process's prompts for ``step`` (1-based): a function of (seed, step) only.
-
-        Prompts are visited in a fresh random order each pass over the pool;
-        process p takes its own slice of the global batch.
-        """
-        n_proc = self.accelerator.num_processes
-        global_batch = self.config.batch_size * n_proc
-        start = (step - 1) * global_batch + self.accelerator.process_index * self.config.batch_size
-        pool = len(self.prompts)
-        out = []
-        perm_epoch, perm = -1, None
-        for k in range(start, start + self.config.batch_size):
-            epoch = k // pool
-            if epoch != perm_epoch:
-                gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-                perm, perm_epoch = torch.randperm(pool, generator=gen).tolist(), epoch
-            out.append(self.prompts[perm[k % pool]])  # type: ignore[index]
-        return out
+    def sample_prompts(self, step: int) -> list[Prompt]:
+        """This process's prompts for ``step`` (1-based): a function of (seed, step) only
+        (:func:`.data.sample_prompts`)."""
+        acc = self.accelerator
+        return sample_prompts(
+            self.prompts, self.config.seed, step, self.config.batch_size,
+            acc.process_index, acc.num_processes,
+        )  # fmt: skip
 
     def rollout(self, prompts: list[Prompt]) -> Rollout:
         """Sample one response per prompt from the current policy.
@@ -541,34 +486,12 @@ class MOPPOTrainer:
         if self._report is not None:
             self._report.on_log(metrics)
 
-    @torch.no_grad()
     def generate(
-        self,
-        prompts: Sequence[Prompt],
-        max_new_tokens: int | None = None,
-        do_sample: bool = False,
+        self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, do_sample: bool = False
     ) -> list[str]:
-        """Responses only (no prompt), greedy by default; in batches of ``batch_size``.
-
-        Conversations are rendered with the chat template, as in training."""
-        config = self._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
-        self.model.eval()
-        texts: list[str] = []
-        prompts = list(prompts)
-        for lo in range(0, len(prompts), self.config.batch_size):
-            part = prompts[lo : lo + self.config.batch_size]
-            with self.accelerator.autocast():
-                roll = generate_rollout(
-                    self.policy,
-                    self.tokenizer,
-                    render_prompts(self.tokenizer, part),
-                    config,
-                    device=self.device,
-                    max_prompt_length=self.config.max_prompt_length,
-                    add_special_tokens=not is_conversation(part[0]),
-                )
-            texts.extend(roll.responses)
-        return texts
+        """Responses only (no prompt), greedy by default, in batches of ``batch_size``;
+        conversations rendered with the chat template as in training."""
+        return generate_responses(self, prompts, max_new_tokens, do_sample)
 
     def save_checkpoint(
         self, directory: str | Path | None = None, extra_files: dict[str, str] | None = None
