@@ -85,8 +85,9 @@ class MOPPOConfig:
     # -- PPO / KL -----------------------------------------------------------
     kl_coef: float = 0.2
     adaptive_kl: bool = True
-    target_kl: float = 6.0
-    """Target of the adaptive controller: mean per-sequence KL (sum over tokens)."""
+    target_kl: float = 3.0
+    """Target of the adaptive controller: mean per-sequence KL (sum over tokens); 3 as in
+    the paper's hyper-parameter table."""
     kl_horizon: int = 10000
     """Horizon of the adaptive controller (Ziegler et al. 2019)."""
     cliprange: float = 0.2

@@ -41,7 +41,9 @@ from .config import WEIGHTED_COMBINERS, MOPPOConfig
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
+    check_model_source,
     combiner_weights,
+    eos_token_ids,
     generation_config,
     hidden_size,
     is_pama,
@@ -49,9 +51,10 @@ from .models import (
     load_tokenizer,
     uses_noon,
 )
+from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
 from .rewards import RewardModelFunction, parse_reward_spec, reward_name, score_batch
-from .rollout import Rollout, generate_rollout
+from .rollout import Rollout, generate_rollout, warn_processed_sampling
 from .state import load_training_state, save_checkpoint
 from .update import RolloutBatch, ppo_update
 from .value_heads import PolicyWithValueHeads, ValueHeads, response_forward
@@ -120,6 +123,8 @@ class MOPPOTrainer:
             combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
         self.resume_dir = self._resolve_resume(config.resume_from)
+        if isinstance(policy, (str, Path)):
+            check_model_source(policy, "policy")
         self.tokenizer = load_tokenizer(policy, tokenizer)
         model, self.ref_model = load_policy_and_reference(config, policy, self.resume_dir)
         heads = ValueHeads(hidden_size(model), self.n_objectives)
@@ -151,6 +156,9 @@ class MOPPOTrainer:
         self.value_warmup_step = 0
         """Value warm-up steps done (``config.value_warmup_steps``; :mod:`.warmup`)."""
         self.value_warmup_history: list[dict[str, float]] = []
+        check_pama_route(self.combiner, config.pama_fast_path)
+        warn_processed_sampling(config)
+        self.eos_token_ids = eos_token_ids(self.policy, self.tokenizer)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
             config.kl_coef, config.target_kl, config.kl_horizon, config.adaptive_kl
@@ -196,7 +204,11 @@ class MOPPOTrainer:
 
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
         return generation_config(
-            self.config, self.tokenizer, do_sample=do_sample, max_new_tokens=max_new_tokens
+            self.config,
+            self.tokenizer,
+            do_sample=do_sample,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=self.eos_token_ids,
         )
 
     @property
@@ -358,7 +370,7 @@ class MOPPOTrainer:
         clock: PhaseClock | None = None,
     ) -> RolloutBatch:
         """Normalisation, Noon clip and, for PAMA's fast path, the closed form ``s*``."""
-        from paretoopt import noon_clip, pama_advantages, pama_stats
+        from paretoopt import noon_clip, pama_stats
 
         cfg = self.config
         mask = rollout.mask
@@ -371,18 +383,17 @@ class MOPPOTrainer:
                 raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
             )
         if is_pama(self.combiner):
-            # Diagnostics on the normalised, not yet clipped advantages (conflict = signs differ).
-            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon)
-        if self.use_pama_fast_path:
             with (clock or PhaseClock(self.device)).add("combine"):
-                s_star, weights = pama_advantages(
+                s_star, weights = pama_targets(
                     advantages,
                     mask,
-                    granularity=getattr(self.combiner, "granularity", cfg.pama_granularity),
+                    getattr(self.combiner, "granularity", cfg.pama_granularity),
                     noon=self.noon,
-                    return_weights=True,
                 )
-            extra.update(s_star=s_star, pama_weights=weights)
+            # Diagnostics of the s* trained on; conflict from the normalised, unclipped signs.
+            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon, weights=weights)
+            if self.use_pama_fast_path:
+                extra.update(s_star=s_star, pama_weights=weights)
         return RolloutBatch(
             rollout,
             scores,
