@@ -21,8 +21,18 @@ _EPILOG = """\
 reward specs (repeat --reward, one per objective):
   length                      clip(len(response chars) / 140, 0, 1)
   length:SCALE[:LO:HI[:UNIT]] clip(len / SCALE, LO, HI); UNIT chars (default) or words
+  NAME=package.module:func    your Python function func(prompts, responses) -> list of
+                              floats, one per response; the module is imported from the
+                              current directory or the Python path (NAME= optional)
   NAME=NAME_OR_PATH[:LABEL]   a sequence-classification reward model; logit LABEL (default 0)
   NAME_OR_PATH[:LABEL]        the same, named after the path
+
+Example of your own reward, in ./myrewards.py, used as --reward polite=myrewards:politeness:
+  def politeness(prompts, responses):
+      return [float("please" in r) for r in responses]
+
+Reward functions receive the prompts as the policy saw them (cut from the left to the
+configured max_prompt_length, if any) and the responses without the prompt.
 
 prompt file: one prompt per line (.txt), or JSON lines with a "prompt" field (.jsonl).
 Metrics go to OUTPUT_DIR/metrics.jsonl; checkpoints to OUTPUT_DIR/checkpoint-STEP.
@@ -41,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--policy", required=True, help="model name or local path (AutoModelForCausalLM)"
+        "--policy",
+        required=True,
+        help="model name or local path (AutoModelForCausalLM); a missing local path is an error",
     )
     p.add_argument("--tokenizer", help="tokenizer name or path (default: the policy's)")
     p.add_argument("--prompts", required=True, type=Path, help="prompt file (.txt or .jsonl)")
@@ -204,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = None
         if args.tokenizer:
             from transformers import AutoTokenizer
+
+            from .models import check_model_source
+
+            check_model_source(args.tokenizer, "tokenizer")
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
         trainer = MOPPOTrainer(
