@@ -29,18 +29,32 @@ PROMPTS = [
 
 
 def build_tokenizer(
-    path: Path, extra_words: tuple[str, ...] = (), chat_template: str | None = None
+    path: Path,
+    extra_special: list[str] | None = None,
+    *,
+    extra_words: tuple[str, ...] = (),
+    chat_template: str | None = None,
 ):
-    """Word-level tokenizer (whitespace split, words joined by spaces on decode)."""
+    """Word-level tokenizer (whitespace split, words joined by spaces on decode).
+
+    ``extra_special``: further special tokens (e.g. a second end-of-turn token), placed
+    after the usual three; ``extra_words`` go after the usual words; ``chat_template`` is set
+    on the tokenizer (a Jinja string).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS + list(extra_words))}
+    extra = list(extra_special or [])
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + extra + WORDS + list(extra_words))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        additional_special_tokens=extra or None,
     )
     if chat_template is not None:
         fast.chat_template = chat_template
@@ -107,7 +121,7 @@ CHATS = [
 
 def make_tiny_chat_lm(path: Path) -> Path:
     """A tiny GPT-2 whose tokenizer carries :data:`CHAT_TEMPLATE`."""
-    tok = build_tokenizer(path, CHAT_WORDS, CHAT_TEMPLATE)
+    tok = build_tokenizer(path, extra_words=CHAT_WORDS, chat_template=CHAT_TEMPLATE)
     build_policy(path, len(tok), tok.eos_token_id)
     return path
 
@@ -116,7 +130,7 @@ def make_two_head_reward_model(path: Path, seed: int = 1) -> Path:
     """A tiny GPT-2 sequence classifier with two outputs and its own chat template."""
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    tok = build_tokenizer(path, CHAT_WORDS, RM_CHAT_TEMPLATE)
+    tok = build_tokenizer(path, extra_words=CHAT_WORDS, chat_template=RM_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2, num_labels=2,

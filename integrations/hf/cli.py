@@ -21,11 +21,22 @@ _EPILOG = """\
 reward specs (repeat --reward, one per objective):
   length                      clip(len(response chars) / 140, 0, 1)
   length:SCALE[:LO:HI[:UNIT]] clip(len / SCALE, LO, HI); UNIT chars (default) or words
+  NAME=package.module:func    your Python function func(prompts, responses) -> list of
+                              floats, one per response; the module is imported from the
+                              current directory or the Python path (NAME= optional)
   NAME=NAME_OR_PATH[:LABEL]   a sequence-classification reward model; logit LABEL (default 0)
   NAME_OR_PATH[:LABEL]        the same, named after the path
   N1,N2=NAME_OR_PATH:L1,L2    one reward model, several outputs as several objectives
                               (loaded once, scored once per batch), e.g.
                               helpful,verbose=path/to/rm:0,4
+
+Example of your own reward, in ./myrewards.py, used as --reward polite=myrewards:politeness:
+  def politeness(prompts, responses):
+      return [float("please" in r) for r in responses]
+
+Reward functions receive the prompts as given (a conversation stays its list of messages)
+and the responses without the prompt; functions that take a prompt_texts keyword also get
+the prompts as the policy saw them (rendered, cut from the left to max_prompt_length).
 
 prompts: --prompts FILE (one per line .txt, or .jsonl with a "prompt" field), or --dataset
 SOURCE: a local file (.jsonl/.json/.parquet/.csv/.txt), a folder (save_to_disk or data
@@ -48,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--policy", required=True, help="model name or local path (AutoModelForCausalLM)"
+        "--policy",
+        required=True,
+        help="model name or local path (AutoModelForCausalLM); a missing local path is an error",
     )
     p.add_argument("--tokenizer", help="tokenizer name or path (default: the policy's)")
     p.add_argument("--prompts", type=Path, help="prompt file (.txt or .jsonl)")
@@ -267,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = None
         if args.tokenizer:
             from transformers import AutoTokenizer
+
+            from .models import check_model_source
+
+            check_model_source(args.tokenizer, "tokenizer")
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
         trainer = MOPPOTrainer(

@@ -60,7 +60,8 @@ class MOPPOConfig:
     """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
     pama_fast_path: bool = True
     """PAMA via ``s* = pama_advantages(A)`` in one surrogate (True), or the generic
-    combiner route with the per-token ratio as the shared tensor (False); same update."""
+    combiner route with the per-token ratio as the shared tensor (False); same update.
+    Granularity "batch" needs True (the generic route sees one mini-batch at a time)."""
 
     # -- schedule ----------------------------------------------------------
     steps: int = 20
@@ -73,7 +74,8 @@ class MOPPOConfig:
     max_new_tokens: int = 16
     min_new_tokens: int = 0
     max_prompt_length: int | None = None
-    """Prompts longer than this many tokens are truncated from the left."""
+    """Prompts longer than this many tokens are truncated from the left; reward functions
+    get the prompt as truncated (what the policy saw)."""
 
     # -- optimisation -----------------------------------------------------
     learning_rate: float = 1e-5
@@ -85,8 +87,9 @@ class MOPPOConfig:
     # -- PPO / KL -----------------------------------------------------------
     kl_coef: float = 0.2
     adaptive_kl: bool = True
-    target_kl: float = 6.0
-    """Target of the adaptive controller: mean per-sequence KL (sum over tokens)."""
+    target_kl: float = 3.0
+    """Target of the adaptive controller: mean per-sequence KL (sum over tokens); 3 as in
+    the paper's hyper-parameter table."""
     kl_horizon: int = 10000
     """Horizon of the adaptive controller (Ziegler et al. 2019)."""
     cliprange: float = 0.2
@@ -100,8 +103,10 @@ class MOPPOConfig:
     uses; TRL also whitens advantages)."""
     advantage_normalization: Literal["none", "scale", "whiten"] = "none"
     """Per objective, over all valid tokens of all processes: "none" (the
-    paper), "scale" (divide by the std; keeps signs, so Noon clipping is
-    unchanged), "whiten" (subtract the mean too)."""
+    paper), "scale" (divide by the std; keeps signs, so Noon clipping zeroes the same
+    entries, but PAMA's min_i A_i then compares objectives in units of their own std:
+    which objective binds, and so the update, changes), "whiten" (subtract the mean too).
+    Without normalisation, PAMA's binding objective depends on the rewards' scales."""
     reward_clip: float | None = None
     """Clip each objective's score to [-reward_clip, reward_clip] (None: off)."""
     detach_value_input: bool = False

@@ -56,10 +56,6 @@ _MODELS: weakref.WeakValueDictionary[tuple[Any, ...], RewardModel] = weakref.Wea
 _LOCK = threading.Lock()
 
 
-def _looks_local(name_or_path: str) -> bool:
-    return name_or_path.startswith(("/", "./", "../", "~")) or Path(name_or_path).exists()
-
-
 class RewardModel:
     """One sequence-classification reward model; every output is available as a head.
 
@@ -70,7 +66,8 @@ class RewardModel:
             the reward model reads text the way it was trained to.
         batch_size, max_length: scoring batch and truncation (from the left: the response,
             at the end, is what is being judged).
-        separator: between prompt text and response when no chat template is used.
+        separator: between prompt text and response when no chat template is used; None:
+            one space unless either side already has whitespace there (see :meth:`join`).
         dtype, device: of the loaded weights.
         use_chat_template: score conversations through this model's chat template when its
             tokenizer has one.
@@ -83,7 +80,7 @@ class RewardModel:
         tokenizer: Any = None,
         batch_size: int = 32,
         max_length: int | None = 512,
-        separator: str = "",
+        separator: str | None = None,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         use_chat_template: bool = True,
@@ -130,11 +127,10 @@ class RewardModel:
     def _load_weights(self) -> _LoadedWeights:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .models import check_model_source
+
         path = self.name_or_path
-        if _looks_local(path) and not Path(path).expanduser().exists():
-            raise FileNotFoundError(
-                f"reward model path {path} does not exist (nothing is downloaded for a local path)"
-            )
+        check_model_source(path, "reward model")
         tokenizer = self._tokenizer
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -149,6 +145,16 @@ class RewardModel:
             model.config.pad_token_id = tokenizer.pad_token_id
         model.eval().requires_grad_(False)
         return _LoadedWeights(model.to(self.device or torch.device("cpu")), tokenizer)
+
+    def join(self, prompt: str, response: str) -> str:
+        """``prompt + separator + response``; with ``separator=None`` one space, unless the
+        prompt ends or the response starts with whitespace (SentencePiece decodes drop the
+        leading space; byte-level BPE keeps it)."""
+        if self.separator is not None:
+            return prompt + self.separator + response
+        if not prompt or not response or prompt[-1].isspace() or response[0].isspace():
+            return prompt + response
+        return prompt + " " + response
 
     def to(self, device: str | torch.device) -> RewardModel:
         self.device = torch.device(device)
@@ -210,7 +216,7 @@ class RewardModel:
                     f"reward model {self.name_or_path!r} has no chat template and prompt {i} is "
                     "a conversation; pass prompt_texts (the text the policy saw)"
                 )
-            out.append(text + self.separator + response)
+            out.append(self.join(text, response))
         # A rendered chat template already holds the model's special tokens (BOS, ...).
         return out, bool(template) and all(chat)
 
@@ -308,7 +314,11 @@ def shared_reward_model(name_or_path: str | Path, **options: Any) -> RewardModel
     Objectives declared separately (``--reward a=PATH:0 --reward b=PATH:1``) get the same
     object, hence one load and one forward pass per batch.
     """
-    key = (str(name_or_path), *sorted((k, repr(v)) for k, v in options.items()))
+    # A tokenizer object is keyed by identity; every other option by value.
+    key = (
+        str(name_or_path),
+        *sorted((k, id(v) if k == "tokenizer" else repr(v)) for k, v in options.items()),
+    )
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:

@@ -51,16 +51,18 @@ from .models import (
     build_combiner,
     build_trainable,
     combiner_weights,
+    eos_token_ids,
     generation_config,
     is_pama,
     load_policy_and_reference,
     load_tokenizer,
     uses_noon,
 )
+from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
-from .reward_models import bind_prompt_texts, unique_reward_names
-from .rewards import RewardModelFunction, parse_reward_spec, score_batch
-from .rollout import Rollout, generate_rollout
+from .reward_models import RewardHead, bind_prompt_texts, unique_reward_names
+from .rewards import parse_reward_spec, score_batch
+from .rollout import Rollout, generate_rollout, warn_processed_sampling
 from .state import load_training_state, save_checkpoint
 from .update import RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, response_forward
@@ -132,7 +134,7 @@ class MOPPOTrainer:
         for index, fn in enumerate(self.reward_fns):
             if not callable(fn):
                 raise TypeError(f"reward {index} is not callable: {fn!r}")
-            if isinstance(fn, RewardModelFunction):
+            if isinstance(fn, RewardHead):
                 fn.to(self.device)
         self.n_objectives = len(self.reward_fns)
         self.reward_names = unique_reward_names(self.reward_fns, reward_names)
@@ -165,6 +167,9 @@ class MOPPOTrainer:
         self.value_warmup_step = 0
         """Value warm-up steps done (``config.value_warmup_steps``; :mod:`.warmup`)."""
         self.value_warmup_history: list[dict[str, float]] = []
+        check_pama_route(self.combiner, config.pama_fast_path)
+        warn_processed_sampling(config)
+        self.eos_token_ids = eos_token_ids(self.policy, self.tokenizer)
         check_accumulation(self)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
@@ -186,9 +191,9 @@ class MOPPOTrainer:
     # ------------------------------------------------------------------ setup
 
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
-        return generation_config(
-            self.config, self.tokenizer, do_sample=do_sample, max_new_tokens=max_new_tokens
-        )
+        eos = self.eos_token_ids
+        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+        return generation_config(self.config, self.tokenizer, **kw)
 
     @property
     def unwrapped(self) -> PolicyWithValueHeads:
@@ -350,7 +355,7 @@ class MOPPOTrainer:
         clock: PhaseClock | None = None,
     ) -> RolloutBatch:
         """Normalisation, Noon clip and, for PAMA's fast path, the closed form ``s*``."""
-        from paretoopt import noon_clip, pama_advantages, pama_stats
+        from paretoopt import noon_clip, pama_stats
 
         cfg = self.config
         mask = rollout.mask
@@ -363,18 +368,13 @@ class MOPPOTrainer:
                 raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
             )
         if is_pama(self.combiner):
-            # Diagnostics on the normalised, not yet clipped advantages (conflict = signs differ).
-            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon)
-        if self.use_pama_fast_path:
             with (clock or PhaseClock(self.device)).add("combine"):
-                s_star, weights = pama_advantages(
-                    advantages,
-                    mask,
-                    granularity=getattr(self.combiner, "granularity", cfg.pama_granularity),
-                    noon=self.noon,
-                    return_weights=True,
-                )
-            extra.update(s_star=s_star, pama_weights=weights)
+                granularity = getattr(self.combiner, "granularity", cfg.pama_granularity)
+                s_star, weights = pama_targets(advantages, mask, granularity, noon=self.noon)
+            # Diagnostics of the s* trained on; conflict from the normalised, unclipped signs.
+            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon, weights=weights)
+            if self.use_pama_fast_path:
+                extra.update(s_star=s_star, pama_weights=weights)
         return RolloutBatch(
             rollout,
             scores,

@@ -140,6 +140,7 @@ def policy_loss(
             u, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
         )
         kwargs["shared"] = u
+        kwargs["mask"] = mask  # weights and rates over valid tokens, not padding
     else:
         losses = ppo_losses(
             out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
