@@ -29,8 +29,14 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/paretoopt demo $(DEMO_ARGS)
 
+# The full suites under pytest-benchmark (bench/), then the report from their JSON.
+# `paretoopt bench --out DIR` runs the same suites without pytest (from a wheel too).
+BENCH_THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 bench: $(STAMP)
-	$(VENV)/bin/paretoopt bench --out docs
+	$(BENCH_THREADS) $(PY) -m pytest bench/ --bench-profile=full --benchmark-json=docs/bench.json \
+		--benchmark-columns=median,rounds -p no:cacheprovider -v
+	$(PY) -m paretoopt.integrations.bench.report --json docs/bench.json --out docs
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/paretoopt bench --quick
