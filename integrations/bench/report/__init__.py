@@ -104,10 +104,12 @@ def build_report(data: dict[str, Any], out_dir: Path, img_dirname: str = "img") 
         [
             "# Benchmarks\n",
             "What PAMA, linear scalarization, MGDA-UB and exact MGDA cost per training update, "
-            "measured. Regenerate with `paretoopt bench --out docs` (full, tens of minutes) or "
-            "`paretoopt bench --quick` (under 2 minutes); the raw pytest-benchmark JSON sits "
-            "next to the page (`bench.json`). Suites: `bench/bench_*.py`; report: "
-            "`bench/report.py`.\n",
+            "measured. Regenerate with `make bench` (the full suites under pytest-benchmark, "
+            "tens of minutes), `paretoopt bench --out docs` (the same suites without pytest) or "
+            "`paretoopt bench --quick` (under 2 minutes, from a wheel too); the raw "
+            "pytest-benchmark JSON sits next to the page (`bench.json`). Suites: "
+            "`paretoopt.integrations.bench` (under pytest-benchmark: `bench/bench_*.py`); "
+            "report: `paretoopt.integrations.bench.report`.\n",
             machine_section(data),
             claims_section(ws, st, mn),
             where_we_lose_section(ws, st, mn),

@@ -34,7 +34,8 @@ def min_norm_section(
     facts["torchjd_gap_max"] = max(c["gap_max"]["torchjd_mgda"] for c in cases)
     parts = [
         "## 3. Min-norm solvers\n",
-        "The same seeded Gram matrices (families in `bench/bench_min_norm.py`) solved by "
+        "The same seeded Gram matrices (families in `paretoopt.integrations.bench.min_norm`) "
+        "solved by "
         "`paretoopt.min_norm_weights` and by torchjd's `MGDAWeighting` (its defaults: "
         "Frank-Wolfe, stop when the step size falls below `epsilon=1e-3`, at most 100 "
         "iterations). Time per Gram matrix (median; ratio to torchjd in the same rounds), the "
