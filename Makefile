@@ -9,7 +9,7 @@ PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo bench bench-quick lint format clean
+.PHONY: install test test-all wheel-check demo bench bench-quick lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# The built wheel in a fresh virtual environment outside the checkout: example, bench --quick,
+# the integrations' imports (.ci/wheel_check.sh).
+wheel-check: $(STAMP)
+	PY=$(PY) PIP_FLAGS="$(PIP_FLAGS)" TORCH_VERSION=$(TORCH_VERSION) .ci/wheel_check.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/paretoopt demo $(DEMO_ARGS)
