@@ -9,7 +9,7 @@ PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo bench bench-quick lint format clean
+.PHONY: install test test-all wheel-check demo bench bench-quick lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,22 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
+# The built wheel in a fresh virtual environment outside the checkout: example, bench --quick,
+# the integrations' imports (.ci/wheel_check.sh).
+wheel-check: $(STAMP)
+	PY=$(PY) PIP_FLAGS="$(PIP_FLAGS)" TORCH_VERSION=$(TORCH_VERSION) .ci/wheel_check.sh
+
 demo: $(STAMP)
 	$(VENV)/bin/paretoopt demo $(DEMO_ARGS)
 
+# The full suites under pytest-benchmark (bench/), then the report from their JSON.
+# `paretoopt bench --out DIR` runs the same suites without pytest (from a wheel too).
+BENCH_THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 bench: $(STAMP)
-	$(VENV)/bin/paretoopt bench --out docs
+	$(BENCH_THREADS) $(PY) -m pytest bench/ --bench-profile=full --benchmark-json=docs/bench.json \
+		--benchmark-columns=median,rounds -p no:cacheprovider -v
+	$(PY) -m paretoopt.integrations.bench.report --json docs/bench.json --out docs
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/paretoopt bench --quick
