@@ -41,7 +41,7 @@ test: $(STAMP)
 
 # Only the verl plug-in's tests: they skip in the main environment, which has no verl.
 test-verl: $(VERL_STAMP)
-	$(VERL_PY) -m pytest tests/test_verl_*.py $(PYTEST_ARGS)
+	$(VERL_PY) -m pytest -p no:asyncio tests/test_verl_*.py $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
