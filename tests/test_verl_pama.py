@@ -144,6 +144,9 @@ def test_legacy_dispatch_equals_pama_advantages(sizes, data, norm, noon) -> None
     torch.testing.assert_close(out.batch["advantages"], want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.batch["returns"], out.batch["advantages"])
     assert (out.batch["advantages"][mask == 0] == 0).all()
+    stats = out.meta_info["pama_metrics"]
+    assert set(stats) >= {f"pama/binding_rate/{k}" for k in keys} | {"pama/zero_rate"}
+    assert stats["pama/zero_rate"] == pytest.approx(float(want[:, 0].eq(0).float().mean()))
     if noon:
         assert (out.batch["advantages"] >= 0).all()
 

@@ -213,12 +213,14 @@ def v1_trainer(norm: bool = True, keys=KEYS, estimator: str = "pama") -> SimpleN
     return SimpleNamespace(config=config)
 
 
-def run_v1(kv, meta, trainer) -> list[torch.Tensor]:
+def run_v1(kv, meta, trainer, metrics: dict | None = None) -> list[torch.Tensor]:
     register()
     original = trainer_base.tq
     trainer_base.tq = kv
     try:
-        trainer_base.PPOTrainer._compute_advantage(trainer, meta, {})
+        trainer_base.PPOTrainer._compute_advantage(
+            trainer, meta, {} if metrics is None else metrics
+        )
     finally:
         trainer_base.tq = original
     return [kv.rows[k]["advantages"] for k in meta.keys]
@@ -249,12 +251,18 @@ LENGTHS = [3, 1, 4, 2, 2, 5, 1, 3]
 @pytest.mark.parametrize("norm", [True, False])
 def test_v1_trainer_path_equals_pama_advantages(top_level: bool, norm: bool) -> None:
     kv, meta = v1_store(REWARDS, UIDS, LENGTHS, top_level=top_level)
-    got = run_v1(kv, meta, v1_trainer(norm))
+    metrics: dict = {}
+    got = run_v1(kv, meta, v1_trainer(norm), metrics)
     want = expected(REWARDS, UIDS, norm)
     assert want.gt(0).any() and want.eq(0).any()
     for j, adv in enumerate(got):
         assert adv.shape == (LENGTHS[j],)
         torch.testing.assert_close(adv, want[j].expand(LENGTHS[j]), rtol=1e-5, atol=1e-6)
+    # The diagnostics reach the trainer's metrics dict.
+    assert metrics["pama/zero_rate"] == pytest.approx(float(want.eq(0).float().mean()))
+    assert metrics["pama/mean_advantage"] == pytest.approx(float(want.mean()), abs=1e-6)
+    binding = metrics["pama/binding_rate/accuracy"] + metrics["pama/binding_rate/format"]
+    assert binding == pytest.approx(1.0)
 
 
 def test_v1_other_estimators_read_nothing_more() -> None:

@@ -11,6 +11,7 @@ from .estimator import (
     compute_pama_outcome_advantage,
     group_normalized_rewards,
     objective_rewards,
+    pama_metrics,
     reward_keys_from_config,
 )
 from .patch import (
@@ -20,6 +21,7 @@ from .patch import (
     fetch_v1_reward_columns,
     install_patches,
     is_registered,
+    metrics_sink,
     objective_columns,
     register,
 )
@@ -35,8 +37,10 @@ __all__ = [
     "group_normalized_rewards",
     "install_patches",
     "is_registered",
+    "metrics_sink",
     "objective_columns",
     "objective_rewards",
+    "pama_metrics",
     "register",
     "reward_keys_from_config",
 ]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from paretoopt import pama_advantages
+from paretoopt import pama_advantages, pama_stats
 
 ESTIMATOR_NAME = "pama"
 #: verl's GRPO adds this to the group standard deviation; kept identical.
@@ -38,6 +38,11 @@ GRPO_EPSILON = 1e-6
 #: Per-objective reward columns of the batch being processed (set by the patches).
 _OBJECTIVE_COLUMNS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "paretoopt_verl_objective_columns", default=None
+)
+
+#: Where the estimator leaves its diagnostics (set by the patches; see :func:`pama_metrics`).
+_METRICS_SINK: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "paretoopt_verl_metrics_sink", default=None
 )
 
 
@@ -154,6 +159,22 @@ def group_normalized_rewards(
     return adv
 
 
+def pama_metrics(normalized: Tensor, keys: Sequence[str], noon: bool = True) -> dict[str, float]:
+    """Per-batch diagnostics, named as verl logs metrics.
+
+    ``pama/binding_rate/<key>`` (share of responses whose ``s*`` that objective sets, ties
+    split), ``pama/conflict_rate`` (responses whose objectives disagree in sign),
+    ``pama/zero_rate`` (responses not reinforced: watch it, with Noon clipping it is often
+    high early in training) and ``pama/mean_advantage``.
+    """
+    stats = pama_stats(normalized, noon=noon)
+    out = {f"pama/binding_rate/{key}": stats[f"binding_rate/{i}"] for i, key in enumerate(keys)}
+    out["pama/conflict_rate"] = stats["conflict_rate"]
+    out["pama/zero_rate"] = stats["zero_rate"]
+    out["pama/mean_advantage"] = stats["mean_s_star"]
+    return out
+
+
 def compute_pama_outcome_advantage(
     token_level_rewards: Tensor,
     response_mask: Tensor,
@@ -197,4 +218,7 @@ def compute_pama_outcome_advantage(
         normalized = group_normalized_rewards(rewards, index, norm_by_std, epsilon)
         s_star = pama_advantages(normalized, granularity="sample", noon=noon)
         advantages = s_star.unsqueeze(-1) * response_mask.to(s_star.dtype)
+        sink = _METRICS_SINK.get()
+        if sink is not None:
+            sink.update(pama_metrics(normalized, keys, noon))
     return advantages, advantages

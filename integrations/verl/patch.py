@@ -44,6 +44,7 @@ import numpy as np
 from packaging.version import Version
 
 from .estimator import (
+    _METRICS_SINK,
     _OBJECTIVE_COLUMNS,
     ESTIMATOR_NAME,
     compute_pama_outcome_advantage,
@@ -183,13 +184,34 @@ def objective_columns(columns: Mapping[str, Any]) -> Iterator[None]:
         _OBJECTIVE_COLUMNS.reset(token)
 
 
+@contextlib.contextmanager
+def metrics_sink() -> Iterator[dict[str, float]]:
+    """Collect the ``pama/...`` metrics of the estimator calls inside the block.
+
+    An enclosing sink, if any, is reused, so the outermost caller sees them all.
+    """
+    outer = _METRICS_SINK.get()
+    if outer is not None:
+        yield outer
+        return
+    sink: dict[str, float] = {}
+    token = _METRICS_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _METRICS_SINK.reset(token)
+
+
 def _wrap_compute_advantage(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def compute_advantage(data: Any, adv_estimator: Any, *args: Any, **kwargs: Any) -> Any:
         if not is_pama(adv_estimator):
             return fn(data, adv_estimator, *args, **kwargs)
-        with objective_columns(data.non_tensor_batch):
-            return fn(data, adv_estimator, *args, **kwargs)
+        with objective_columns(data.non_tensor_batch), metrics_sink() as sink:
+            out = fn(data, adv_estimator, *args, **kwargs)
+        # The legacy trainer logs nothing from here; keep the diagnostics on the batch.
+        out.meta_info["pama_metrics"] = dict(sink)
+        return out
 
     setattr(compute_advantage, _MARK, True)
     return compute_advantage
@@ -245,8 +267,10 @@ def _wrap_v1_compute_advantage(
             return method(self, batch, metrics)
         keys = reward_keys_from_config(algorithm)
         columns = fetch_v1_reward_columns(module.tq, batch, keys)
-        with objective_columns(columns):
-            return method(self, batch, metrics)
+        with objective_columns(columns), metrics_sink() as sink:
+            out = method(self, batch, metrics)
+        metrics.update(sink)
+        return out
 
     setattr(_compute_advantage, _MARK, True)
     return _compute_advantage
