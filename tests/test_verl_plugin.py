@@ -282,3 +282,12 @@ def test_v1_non_finite_reward_names_it() -> None:
     kv, meta = v1_store(rewards, UIDS, LENGTHS)
     with pytest.raises(ValueError, match=r"'accuracy' is not finite .* row 5"):
         run_v1(kv, meta, v1_trainer())
+
+
+def test_v1_gdpo_gets_no_rewards_there() -> None:
+    """Why the v1 patch exists: verl's own gdpo cannot run in the v1 trainer (verl 0.9.1)."""
+    kv, meta = v1_store(REWARDS, UIDS, LENGTHS)
+    trainer = v1_trainer(estimator="gdpo")
+    trainer.config.algorithm.gdpo_reward_keys = KEYS
+    with pytest.raises(KeyError, match="prompts"):
+        run_v1(kv, meta, trainer)
