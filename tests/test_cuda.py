@@ -107,10 +107,9 @@ def test_min_norm_weights_accepts_a_cuda_gram() -> None:
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_moppo_trainer_on_cuda(tmp_path: Path, combiner: str, precision: str) -> None:
     pytest.importorskip("transformers")
+    from accelerate.state import AcceleratorState
     from hf_fixtures import PROMPTS, make_tiny_lm
     from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
-
-    from accelerate.state import AcceleratorState
 
     # accelerate keeps one state per process; each parametrised run sets its own precision.
     AcceleratorState._reset_state(reset_partial_state=True)
