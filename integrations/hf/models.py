@@ -19,6 +19,7 @@ from .config import MOPPOConfig
 __all__ = [
     "DTYPES",
     "build_combiner",
+    "build_trainable",
     "check_model_source",
     "combiner_weights",
     "eos_token_ids",
@@ -53,23 +54,35 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
     return tokenizer
 
 
-def from_pretrained(path: str | Path, dtype: str | None) -> nn.Module:
+def from_pretrained(path: str | Path, dtype: str | None, **extra: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     check_model_source(path, "policy")
     # Never run code shipped with a checkpoint.
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    kwargs: dict[str, Any] = {"trust_remote_code": False, **extra}
     if dtype is not None:
         kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 
 def load_policy_and_reference(
-    config: MOPPOConfig, policy: Any, resume_dir: Path | None
+    config: MOPPOConfig,
+    policy: Any,
+    resume_dir: Path | None,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
-    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled)."""
+    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled).
+
+    With ``load_in_8bit`` / ``load_in_4bit`` the base is loaded quantised onto ``device``
+    and prepared for k-bit training (:mod:`.quant`) before the adapter goes on.
+    """
+    from .quant import is_quantized, prepare_quantized_policy, quantized_load_kwargs
+
     cfg = config
-    base = from_pretrained(policy, cfg.dtype) if isinstance(policy, (str, Path)) else policy
+    if isinstance(policy, (str, Path)):
+        base = from_pretrained(policy, cfg.dtype, **quantized_load_kwargs(cfg, device))
+    else:
+        base = policy
     if cfg.disable_dropout:
         zero_dropout(base)
     if cfg.use_lora:
@@ -77,6 +90,8 @@ def load_policy_and_reference(
 
         if isinstance(base, PeftModel):
             raise ValueError("pass the base model; the trainer adds the LoRA adapter itself")
+        if is_quantized(base):
+            base = prepare_quantized_policy(base, cfg.gradient_checkpointing)
         if resume_dir is not None:
             model = PeftModel.from_pretrained(base, str(resume_dir / "policy"), is_trainable=True)
         else:
@@ -105,6 +120,34 @@ def load_policy_and_reference(
     ref.eval().requires_grad_(False)
     model.requires_grad_(True)
     return model, ref
+
+
+def build_trainable(
+    config: MOPPOConfig, model: nn.Module, n_objectives: int, accelerator: Any
+) -> tuple[nn.Module, Any]:
+    """The trainable module (policy + n value heads) and its AdamW, prepared by accelerate.
+
+    Quantised weights stay where bitsandbytes placed them while loading (they cannot move);
+    everything else goes to the accelerator's device.
+    """
+    from .quant import is_quantized
+    from .value_heads import PolicyWithValueHeads, ValueHeads
+
+    device = accelerator.device
+    heads = ValueHeads(hidden_size(model), n_objectives)
+    quantized = is_quantized(model)
+    module = PolicyWithValueHeads(model, heads.to(device))
+    if not quantized:
+        module.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if config.use_lora and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+    return accelerator.prepare(module, optimizer, device_placement=[not quantized, True])
 
 
 def generation_config(

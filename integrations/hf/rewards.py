@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import torch
 
+from .reward_models import RewardHead, shared_reward_model
+
 __all__ = [
     "NamedReward",
     "RewardError",
@@ -79,13 +81,16 @@ length_reward = make_length_reward()
 """``clip(len(response) / 140, 0, 1)`` in characters; see :func:`make_length_reward`."""
 
 
-class RewardModelFunction:
+class RewardModelFunction(RewardHead):
     """A sequence-classification reward model used as a reward function.
 
-    ``r = logits[label_index]`` of ``AutoModelForSequenceClassification`` on
-    ``join(prompt, response)``.  Loading is lazy (first call or :meth:`to`), through the
-    ordinary ``from_pretrained(name_or_path)``; a local path that does not exist is refused
-    here, before any hub call.
+    ``r = logits[label_index]`` of ``AutoModelForSequenceClassification`` on the exchange:
+    through the reward model's own chat template for conversation prompts when its tokenizer
+    has one, otherwise ``join(prompt, response)``. Loading is lazy (first call or
+    :meth:`load`), through the ordinary ``from_pretrained(name_or_path)``; a local path that
+    does not exist is refused here, before any hub call. The weights are shared: every
+    reward function on the same path and dtype uses one loaded copy and one forward pass
+    per batch (:class:`~.reward_models.RewardModel`).
 
     Args:
         separator: what goes between prompt and response. ``None`` (default): one space,
@@ -94,8 +99,8 @@ class RewardModelFunction:
             so plain concatenation would fuse the last prompt word with the first response
             word; GPT-2-style byte-level BPE keeps it). A string is used as given, e.g.
             ``""`` for plain concatenation or ``"\n"``.
-        max_length: longer texts are cut from the right (the response's end) by the
-            reward model's tokenizer.
+        max_length: longer texts lose their beginning (the response, at the end, is what is
+            judged; a decoder reward model reads its last token).
     """
 
     def __init__(
@@ -110,20 +115,23 @@ class RewardModelFunction:
         separator: str | None = None,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
+        use_chat_template: bool = True,
     ) -> None:
         from .models import check_model_source
 
         check_model_source(name_or_path, f"reward model {name or str(name_or_path)!r}:")
-        self.name_or_path = str(name_or_path)
-        self.label_index = int(label_index)
-        self.name = name or self.name_or_path.rstrip("/").split("/")[-1]
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.separator = separator
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else None
-        self._tokenizer = tokenizer
-        self._model: Any = None
+        model = shared_reward_model(
+            name_or_path,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_length=max_length,
+            separator=separator,
+            dtype=dtype,
+            use_chat_template=use_chat_template,
+        )
+        if device is not None:
+            model.to(device)
+        super().__init__(model, label_index, name=name)
 
     def __repr__(self) -> str:
         return (
@@ -132,62 +140,8 @@ class RewardModelFunction:
         )
 
     def join(self, prompt: str, response: str) -> str:
-        """The text the reward model scores (see ``separator``)."""
-        if self.separator is not None:
-            return prompt + self.separator + response
-        if not prompt or not response or prompt[-1].isspace() or response[0].isspace():
-            return prompt + response
-        return prompt + " " + response
-
-    def to(self, device: str | torch.device) -> RewardModelFunction:
-        self.device = torch.device(device)
-        if self._model is not None:
-            self._model.to(self.device)
-        return self
-
-    def _load(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(
-                self.name_or_path, trust_remote_code=False
-            )
-        kwargs: dict[str, Any] = {"trust_remote_code": False}
-        if self.dtype is not None:
-            kwargs["dtype"] = self.dtype
-        model = AutoModelForSequenceClassification.from_pretrained(self.name_or_path, **kwargs)
-        if self._tokenizer.pad_token is None:
-            # Classification heads of decoder models find the last token through the pad id.
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self._tokenizer.pad_token_id
-        n_labels = int(model.config.num_labels)
-        if not -n_labels <= self.label_index < n_labels:
-            raise ValueError(
-                f"reward model {self.name_or_path!r} has {n_labels} labels; "
-                f"label_index {self.label_index} is out of range"
-            )
-        model.eval().requires_grad_(False)
-        self._model = model.to(self.device or torch.device("cpu"))
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        if self._model is None:
-            self._load()
-        texts = [self.join(p, r) for p, r in zip(prompts, responses, strict=True)]
-        device = next(self._model.parameters()).device
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self._tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
-            logits = self._model(**enc).logits.float()
-            out.extend(logits[:, self.label_index].tolist())
-        return out
+        """The text the reward model scores without a chat template (see ``separator``)."""
+        return self.reward_model.join(prompt, response)
 
 
 def reward_name(fn: Any, index: int) -> str:

@@ -36,6 +36,8 @@ class Rollout:
     attention_mask: torch.Tensor
     mask: torch.Tensor
     response_start: int
+    conversations: list[Any] | None = None
+    """The prompts as given when they are conversations (``prompts`` holds their rendering)."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -43,13 +45,19 @@ class Rollout:
 
 
 def tokenize_prompts(
-    tokenizer: Any, prompts: list[str], device: torch.device, max_length: int | None = None
+    tokenizer: Any,
+    prompts: list[str],
+    device: torch.device,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Left-padded prompt batch (generation appends on the right).
 
-    Prompts longer than ``max_length`` tokens lose their *beginning*: the end of a prompt
-    (a chat template's assistant header, the question) is what the response continues.
-    The tokenizer's own ``truncation_side`` is restored afterwards.
+    ``add_special_tokens=False`` for text rendered by a chat template, which already holds
+    the model's BOS (adding it again would give two). Prompts longer than ``max_length``
+    tokens lose their *beginning*: the end of a prompt (a chat template's assistant header,
+    the question) is what the response continues. The tokenizer's own ``truncation_side``
+    is restored afterwards.
     """
     side = getattr(tokenizer, "truncation_side", None)
     if max_length is not None:
@@ -57,6 +65,7 @@ def tokenize_prompts(
     try:
         enc = tokenizer(
             prompts,
+            add_special_tokens=add_special_tokens,
             padding=True,
             padding_side="left",
             truncation=max_length is not None,
@@ -100,14 +109,15 @@ def generate_rollout(
     *,
     device: torch.device,
     max_prompt_length: int | None = None,
+    add_special_tokens: bool = True,
 ) -> Rollout:
     """Sample one response per prompt with ``model.generate`` (KV cache on).
 
     ``generation_config`` is a ``transformers.GenerationConfig``; its EOS ids
     define where responses end.
     """
-    enc = tokenize_prompts(tokenizer, prompts, device, max_prompt_length)
-    seen = prompts_as_seen(tokenizer, prompts, enc, max_prompt_length)
+    enc = tokenize_prompts(tokenizer, prompts, device, max_prompt_length, add_special_tokens)
+    seen = prompts_as_seen(tokenizer, prompts, enc, max_prompt_length, add_special_tokens)
     out = model.generate(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
@@ -146,7 +156,11 @@ def decode_responses(tokenizer: Any, response_ids: torch.Tensor, mask: torch.Ten
 
 
 def prompts_as_seen(
-    tokenizer: Any, prompts: list[str], enc: dict[str, torch.Tensor], max_length: int | None
+    tokenizer: Any,
+    prompts: list[str],
+    enc: dict[str, torch.Tensor],
+    max_length: int | None,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """The prompt text the policy was conditioned on.
 
@@ -157,7 +171,7 @@ def prompts_as_seen(
     out = list(prompts)
     if max_length is None:
         return out
-    full = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    full = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
     ids = enc["input_ids"].tolist()
     keep = enc["attention_mask"].tolist()
     bos = getattr(tokenizer, "bos_token_id", None)
