@@ -11,7 +11,9 @@ try:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("paretoopt.integrations.hf needs the hf extra: pip install 'paretoopt[hf]'") from exc
+    raise ImportError(
+        "paretoopt.integrations.hf needs the hf extra: pip install 'paretoopt[hf]'"
+    ) from exc
 
 from .advantages import AdaptiveKLController, discounted_cumsum, gae, kl_penalized_rewards
 from .checkpoint import find_latest_checkpoint
@@ -48,3 +50,7 @@ __all__ = [
     "parse_reward_spec",
     "response_mask",
 ]
+
+from .multi_objective import MultiObjectiveTrainer, MultiObjectiveTrainingArguments
+
+__all__ += ["MultiObjectiveTrainer", "MultiObjectiveTrainingArguments"]
