@@ -16,14 +16,14 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from mo_fixtures import build_two_task, load_two_task, two_task_data  # noqa: E402
-from paretoopt.integrations.hf import (  # noqa: E402
+from mo_fixtures import build_two_task, load_two_task, two_task_data
+from paretoopt.integrations.hf import (
     MultiObjectiveTrainer,
     MultiObjectiveTrainingArguments,
 )
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from paretoopt import MGDA, PAMA, LinearScalarization, combine_and_backward  # noqa: E402
+from paretoopt import MGDA, combine_and_backward
 
 HEADS = {"a": "head_a", "b": "head_b"}
 
@@ -123,3 +123,168 @@ def test_each_combiner_lowers_both_losses_and_logs_them(
         assert 0 <= logged[-1]["pama/veto_rate"] <= 1
     if combiner.startswith("mgda"):
         assert logged[-1]["mgda/kkt_residual"] < 1e-6
+
+
+def _one_step_grads(model_dir: Path, tmp_path: Path, combiner: str, **kw):
+    """Gradients of the first optimizer step (SGD, no clipping) on the first 4 samples."""
+    data = two_task_data(4)
+    rec = GradRecorder()
+    args = _args(
+        tmp_path, combiner=combiner, head_modules=HEADS, max_steps=1, max_grad_norm=0.0,
+        optim="sgd", train_sampling_strategy="sequential", **kw,
+    )  # fmt: skip
+    MultiObjectiveTrainer(
+        load_two_task(model_dir), args, train_dataset=data, callbacks=[rec]
+    ).train()
+    return rec.grads[0]
+
+
+def _manual_grads(model_dir: Path, combiner, halves: list[list[int]]):
+    """Each half combined on its own by combine_and_backward, gradients averaged."""
+    data = two_task_data(4).with_format("torch")
+    model = load_two_task(model_dir)
+    heads = [list(model.head_a.parameters()), list(model.head_b.parameters())]
+    trunk = [p for n, p in model.named_parameters() if not n.startswith("head_")]
+    for rows in halves:
+        out = model(**data[rows])
+        losses = [out["losses"][k] / len(halves) for k in ("a", "b")]
+        combine_and_backward(losses, combiner, params=trunk, heads=heads)
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("combiner", ["linear", "pama", "mgda"])
+def test_gradient_accumulation_combines_each_micro_batch(
+    model_dir: Path, tmp_path: Path, combiner: str
+) -> None:
+    """Chosen semantics: each micro-batch is combined on its own and the gradients summed
+    (divided by the accumulation steps). For a fixed weighting and for PAMA (element-wise and
+    positively homogeneous) that equals one batch of 4; for MGDA it equals the average of two
+    MGDA steps on the halves, which is not MGDA on the batch of 4."""
+    whole = _one_step_grads(model_dir, tmp_path / "w", combiner)
+    accumulated = _one_step_grads(
+        model_dir, tmp_path / "g", combiner, per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )  # fmt: skip
+    assert whole.keys() == accumulated.keys()
+    if combiner in ("linear", "pama"):
+        for k in whole:
+            torch.testing.assert_close(accumulated[k], whole[k], rtol=1e-5, atol=1e-7)
+        return
+    halves = _manual_grads(model_dir, MGDA(mode="params"), [[0, 1], [2, 3]])
+    for k in whole:
+        torch.testing.assert_close(accumulated[k], halves[k], rtol=1e-5, atol=1e-7)
+    gap = max(float((accumulated[k] - whole[k]).abs().max()) for k in whole)
+    assert gap > 1e-4, "MGDA per micro-batch should differ from MGDA on the whole batch"
+
+
+def test_resume_from_checkpoint_is_exact(model_dir: Path, tmp_path: Path) -> None:
+    data = two_task_data(16)
+    common = dict(
+        combiner="mgda_ub", head_modules=HEADS, max_steps=4, per_device_train_batch_size=2,
+        gradient_accumulation_steps=2, save_strategy="steps", save_steps=2,
+    )  # fmt: skip
+    full = load_two_task(model_dir)
+    MultiObjectiveTrainer(full, _args(tmp_path / "full", **common), train_dataset=data).train()
+    resumed = load_two_task(model_dir)  # fresh weights: everything must come from the checkpoint
+    args = _args(tmp_path / "again", **common)
+    trainer = MultiObjectiveTrainer(resumed, args, train_dataset=data)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    assert trainer.state.global_step == 4
+    want, got = _state(full), _state(resumed)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def _train_once(model_dir: Path, tmp_path: Path, compute_losses=None, **kw) -> None:
+    args = _args(tmp_path, max_steps=1, **kw)
+    trainer = MultiObjectiveTrainer(
+        load_two_task(model_dir), args, train_dataset=two_task_data(8),
+        compute_losses=compute_losses,
+    )  # fmt: skip
+    trainer.train()
+
+
+def test_bad_input_fails_at_the_first_step_with_a_clear_error(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"objectives \['a', 'b', 'c'\]; missing \['c'\]"):
+        _train_once(model_dir, tmp_path, combiner="linear", objectives=["a", "b", "c"])
+
+    def per_sample(model, inputs):
+        out = model(**inputs)
+        pred = out["pred_a"]
+        return {"a": (pred - inputs["labels_a"]) ** 2, "b": out["losses"]["b"]}
+
+    with pytest.raises(ValueError, match=r"loss 'a' .* has shape \(4,\); each objective needs"):
+        _train_once(model_dir, tmp_path, per_sample, combiner="linear")
+
+    def no_hidden(model, inputs):
+        return model(**inputs)["losses"]
+
+    with pytest.raises(ValueError, match=r"PAMA needs a shared tensor .* none was found"):
+        _train_once(model_dir, tmp_path, no_hidden, combiner="pama", head_modules=HEADS)
+    with pytest.raises(ValueError, match="shared_module 'encoderr' is not a module"):
+        _train_once(model_dir, tmp_path, combiner="pama", shared_module="encoderr")
+    # PAMA moves only what lies before the shared tensor: unnamed heads would never train
+    with pytest.raises(ValueError, match=r"lie after the shared tensor.*head_a\.weight"):
+        _train_once(model_dir, tmp_path, combiner="pama")
+    with pytest.raises(ValueError, match=r"head_modules names objectives \['c'\]"):
+        _train_once(model_dir, tmp_path, combiner="mgda", head_modules={"c": "head_a"})
+    with pytest.raises(ValueError, match="no 'scores'"):
+        _train_once(model_dir, tmp_path, combiner="linear", losses_key="scores")
+    with pytest.raises(ValueError, match="unknown combiner"):
+        MultiObjectiveTrainingArguments(output_dir=str(tmp_path), combiner="pareto")
+
+
+def test_shared_module_hook_and_gradient_checkpointing(model_dir: Path, tmp_path: Path) -> None:
+    """The shared tensor taken by a forward hook on ``bert.encoder`` is the model's last hidden
+    state, so MGDA-UB takes the same step; with activation checkpointing (which reruns the
+    encoder's forward during backward) the step is the same again."""
+    kw = dict(combiner="mgda_ub")
+    default = _one_step_grads(model_dir, tmp_path / "d", **kw)
+    hooked = _one_step_grads(model_dir, tmp_path / "h", shared_module="bert.encoder", **kw)
+    checkpointed = _one_step_grads(
+        model_dir, tmp_path / "c", shared_module="encoder", gradient_checkpointing=True, **kw
+    )
+    for k in default:
+        torch.testing.assert_close(hooked[k], default[k], rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(checkpointed[k], default[k], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_autocast_on_cpu(model_dir: Path, tmp_path: Path) -> None:
+    data = two_task_data(16)
+    model = load_two_task(model_dir)
+    start = _state(model)
+    args = _args(tmp_path, combiner="pama", head_modules=HEADS, bf16=True, max_steps=3)
+    trainer = MultiObjectiveTrainer(model, args, train_dataset=data)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss/a" in h]
+    assert len(logged) == 3 and all(h["loss/b"] > 0 for h in logged)
+    end = _state(model)
+    assert all(torch.isfinite(v).all() for v in end.values())
+    assert not torch.equal(end["bert.embeddings.word_embeddings.weight"],
+                           start["bert.embeddings.word_embeddings.weight"])  # fmt: skip
+
+
+def test_peft_lora_with_heads_in_modules_to_save(model_dir: Path, tmp_path: Path) -> None:
+    """LoRA on the attention projections, both heads trained in full: exact MGDA over the LoRA
+    weights (the trunk), head names resolved through PEFT's wrapper, base weights frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        load_two_task(model_dir),
+        LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["head_a", "head_b"]),
+    )
+    start = _state(model)
+    args = _args(
+        tmp_path, combiner="mgda", head_modules=HEADS, max_steps=3, gradient_checkpointing=True
+    )
+    trainer = MultiObjectiveTrainer(model, args, train_dataset=two_task_data(16))
+    trainer.train()
+    end = _state(model)
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    assert any("lora_B" in k for k in changed)
+    assert any("modules_to_save.default.head_a" in k or "head_a.modules_to_save" in k
+               for k in changed), changed  # fmt: skip
+    assert not any("query.base_layer.weight" in k for k in changed)
+    assert all("lora" in name for name in trainer._layout.trunk_names)

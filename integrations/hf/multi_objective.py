@@ -46,7 +46,6 @@ from .objectives import (
     find_module,
     named_losses,
     resolve_layout,
-    shared_from_output,
     unreached_by_shared,
 )
 
@@ -195,12 +194,15 @@ class MultiObjectiveTrainer(Trainer):
         return self.accelerator.unwrap_model(model)
 
     def _arm_capture(self, model: nn.Module) -> SharedCapture | None:
-        name = _arg(self.args, "shared_module")
-        if name is None or not self._needs_shared:
+        if not self._needs_shared:
             return None
         if self._capture is None:
-            module = find_module(self._root(model), name, "shared_module")
-            self._capture = SharedCapture(module, name)
+            name = _arg(self.args, "shared_module")
+            root = self._root(model)
+            if name is None:  # the model's own output, for its last hidden states
+                self._capture = SharedCapture(root, type(root).__name__, raw=True)
+            else:
+                self._capture = SharedCapture(find_module(root, name, "shared_module"), name)
         return self._capture.armed()
 
     # ---- forward: named losses and the shared tensor ----------------------------------
@@ -251,7 +253,7 @@ class MultiObjectiveTrainer(Trainer):
             losses = [loss * self.accelerator.num_processes for loss in losses]
         shared = None
         if training and self._needs_shared:
-            shared = capture.tensor if capture is not None else shared_from_output(outputs)
+            shared = capture.tensor if capture is not None else None
             if shared is None:
                 raise ValueError(self._no_shared_message(model, outputs))
         return names, losses, shared, outputs, scaled
@@ -268,6 +270,8 @@ class MultiObjectiveTrainer(Trainer):
                 f"{combiner} needs a shared tensor, but shared_module {name!r} did not run in "
                 "the forward pass"
             )
+        if self._capture is not None and self._capture.output is not None:
+            outputs = self._capture.output
         keys = list(outputs.keys()) if isinstance(outputs, Mapping) else []
         return (
             f"{combiner} needs a shared tensor (a representation every loss depends on) and "

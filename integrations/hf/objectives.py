@@ -69,22 +69,32 @@ def to_tensor(output: Any, where: str) -> Tensor:
 class SharedCapture:
     """A forward hook that keeps the output of one module during the Trainer's forward only.
 
+    With ``raw=False`` it keeps the tensor the module returned (:func:`to_tensor`); with
+    ``raw=True`` the whole output, e.g. the model's own output before DDP wraps every tensor
+    of it in a new autograd node (through which the losses no longer depend on it).
     Activation checkpointing runs a module's forward again during backward; the hook is armed
-    only inside :meth:`armed`, so those recomputations never replace the captured tensor.
+    only inside :meth:`armed`, so those recomputations never replace the captured output.
     """
 
-    def __init__(self, module: nn.Module, name: str) -> None:
+    def __init__(self, module: nn.Module, name: str, raw: bool = False) -> None:
         self.name = name
-        self.tensor: Tensor | None = None
+        self.raw = raw
+        self.output: Any = None
         self._armed = False
         self._handle = module.register_forward_hook(self._hook)
 
+    @property
+    def tensor(self) -> Tensor | None:
+        if self.raw:
+            return shared_from_output(self.output)
+        return self.output
+
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._armed:
-            self.tensor = to_tensor(output, f"shared_module {self.name!r}")
+        if self._armed and self.output is None:  # the first call: the outer forward
+            self.output = output if self.raw else to_tensor(output, f"module {self.name!r}")
 
     def armed(self) -> SharedCapture:
-        self.tensor = None
+        self.output = None
         self._armed = True
         return self
 
