@@ -403,7 +403,9 @@ class MultiObjectiveTrainer(Trainer):
         if not return_outputs:
             return total
         key = _arg(self.args, "losses_key")
-        rest = {k: v for k, v in outputs.items() if k != key} if outputs is not None else {}
+        rest = {}
+        if isinstance(outputs, Mapping):  # predictions only: no losses dict, no empty entries
+            rest = {k: v for k, v in outputs.items() if k != key and v is not None}
         return total, rest
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):  # type: ignore[override]
