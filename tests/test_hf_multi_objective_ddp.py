@@ -39,6 +39,7 @@ def _train(model_dir: str, out: str, scenario: str, batch: int) -> dict[str, tor
         optim="sgd",
         learning_rate=0.5,
         max_grad_norm=0.0,
+        logging_steps=1,  # the per-objective logs are averaged over processes: a collective
         train_sampling_strategy="sequential",
         report_to=[],
         save_strategy="no",
