@@ -22,6 +22,7 @@ weighted sum everywhere: head ``i`` gets ``w_i`` times its gradient, exactly as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -76,6 +77,7 @@ def combine_and_backward(
     params: Iterable[Tensor] | None = None,
     heads: Sequence[Iterable[Tensor]] | None = None,
     backward: Callable[[Tensor], None] | None = None,
+    grad_scale: float = 1.0,
 ) -> CombineResult:
     """Combine n task losses and accumulate their gradients into ``.grad`` (one call a step).
 
@@ -97,6 +99,10 @@ def combine_and_backward(
             call ``backward(sum_j <p_j, g_j>)`` whose gradient is exactly ``g_j``: DDP
             averages gradients only in hooks that a real backward fires, and it expects every
             parameter once per step.
+        grad_scale: multiplies every gradient written, not the losses the combiner sees: the
+            combiner chooses on the true losses (its choice need not scale with them: MGDA
+            with ``"l2"`` or ``"loss"`` normalisation does not), while the backward passes of
+            the update run on scaled values, as a mixed-precision grad scaler needs.
 
     Returns:
         The combiner's :class:`~paretoopt.CombineResult` (weights and stats for logging).
@@ -106,12 +112,15 @@ def combine_and_backward(
     items = check_losses(losses)
     n = len(items)
     trunk = _param_list(params, "params") if params is not None else None
+    if not (grad_scale > 0 and math.isfinite(grad_scale)):
+        raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale}")
     if heads is None:
         result = combiner(items, shared=shared, params=trunk)
+        total = result.loss * grad_scale if grad_scale != 1.0 else result.loss
         if backward is None:
-            result.loss.backward()
+            total.backward()
         else:
-            backward(result.loss)
+            backward(total)
         return result
     if isinstance(heads, (Tensor, str)) or len(heads) != n:
         got = "a tensor" if isinstance(heads, Tensor) else f"{len(heads)} entries"
@@ -144,19 +153,20 @@ def combine_and_backward(
     for i, (loss, hp) in enumerate(zip(items, head_lists, strict=True)):
         if not hp:
             continue
-        weight = float(result.weights[i]) if fixed else 1.0
+        weight = (float(result.weights[i]) if fixed else 1.0) * grad_scale
         grads = torch.autograd.grad(loss * weight, hp, retain_graph=True, allow_unused=True)
         if backward is None:
             _accumulate(hp, grads)
         else:
             replay_params += hp
             replay_grads += grads
+    total = result.loss * grad_scale if grad_scale != 1.0 else result.loss
     if backward is None:
         if trunk:
-            result.loss.backward(inputs=trunk)
+            total.backward(inputs=trunk)
         return result
     if trunk:
-        grads = torch.autograd.grad(result.loss, trunk, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(total, trunk, retain_graph=True, allow_unused=True)
         replay_params += trunk
         replay_grads += grads
     _replay(replay_params, replay_grads, backward)

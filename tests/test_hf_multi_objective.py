@@ -313,3 +313,40 @@ def test_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert evals[-1]["eval_loss/score"] < evals[0]["eval_loss/score"]
     assert evals[-1]["eval_loss/topic"] < evals[0]["eval_loss/topic"]
     assert any("mgda/kkt_residual" in h for h in history)
+
+
+def _with_grad_scaler(model_dir: Path, tmp_path: Path, init_scale: float | None, **kw):
+    """Train with a CPU GradScaler put where accelerate keeps the fp16 one (the CPU build has
+    no fp16 scaler of its own), so that the scaled path runs without a GPU."""
+    data = two_task_data(8)
+    model = load_two_task(model_dir)
+    args = _args(tmp_path, head_modules=HEADS, optim="sgd", train_sampling_strategy="sequential",
+                 per_device_train_batch_size=4, **kw)  # fmt: skip
+    trainer = MultiObjectiveTrainer(model, args, train_dataset=data)
+    if init_scale is not None:
+        trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.train()
+    return _state(model), trainer
+
+
+@pytest.mark.parametrize("combiner", ["mgda_ub", "mgda"])
+def test_grad_scaler_scales_every_objective_and_skips_overflowing_steps(
+    model_dir: Path, tmp_path: Path, combiner: str
+) -> None:
+    # no clipping: accelerate unscales before clipping only under its own fp16 setting
+    kw = dict(combiner=combiner, combiner_kwargs={"normalization": "l2"}, max_steps=2,
+              max_grad_norm=0.0)  # fmt: skip
+    plain, _ = _with_grad_scaler(model_dir, tmp_path / "p", None, **kw)
+    scaled, trainer = _with_grad_scaler(model_dir, tmp_path / "s", 2.0**12, **kw)
+    for k in plain:  # the combination does not depend on the loss scale
+        torch.testing.assert_close(scaled[k], plain[k], rtol=1e-5, atol=1e-7)
+    assert trainer.accelerator.scaler.get_scale() == 2.0**12
+    # a scale that overflows float32 in the per-objective gradients: the step is skipped and
+    # the scale halved, as the scaler does for one loss, instead of an error
+    init = _state(load_two_task(model_dir))
+    skipped, trainer = _with_grad_scaler(
+        model_dir, tmp_path / "o", 2.0**127, **{**kw, "max_steps": 1}
+    )
+    for k in init:
+        assert torch.equal(skipped[k], init[k]), k
+    assert trainer.accelerator.scaler.get_scale() == 2.0**126

@@ -318,8 +318,8 @@ class MultiObjectiveTrainer(Trainer):
 
     def _backward_through_accelerator(self, loss_scale: float) -> Callable[[Tensor], None]:
         def backward(t: Tensor) -> None:
-            # The losses were multiplied by the grad scaler's scale already (so that every
-            # per-objective backward ran scaled); accelerate multiplies once more.
+            # combine_and_backward scaled the update's backward passes by the grad scaler's
+            # scale already; accelerate multiplies once more.
             self.accelerator.backward(t / loss_scale if loss_scale != 1.0 else t)
 
         return backward
@@ -353,8 +353,6 @@ class MultiObjectiveTrainer(Trainer):
             scaler = getattr(self.accelerator, "scaler", None)
             loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0
             step_losses = [loss / divisor if divisor != 1 else loss for loss in losses]
-            if loss_scale != 1.0:
-                step_losses = [loss * loss_scale for loss in step_losses]
             try:
                 result = combine_and_backward(
                     step_losses,
@@ -363,6 +361,7 @@ class MultiObjectiveTrainer(Trainer):
                     params=layout.trunk,
                     heads=layout.heads,
                     backward=self._backward_through_accelerator(loss_scale),
+                    grad_scale=loss_scale,
                 )
             except ValueError as exc:
                 if scaler is None or "finite" not in str(exc):
