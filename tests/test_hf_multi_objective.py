@@ -350,3 +350,31 @@ def test_grad_scaler_scales_every_objective_and_skips_overflowing_steps(
     for k in init:
         assert torch.equal(skipped[k], init[k]), k
     assert trainer.accelerator.scaler.get_scale() == 2.0**126
+
+
+def test_non_finite_loss_under_a_grad_scaler_skips_the_step(model_dir: Path, tmp_path: Path):
+    """Under fp16 a loss can overflow: with a scaler the step is skipped, as for one loss."""
+
+    def overflowing(model, inputs):
+        losses = dict(model(**inputs)["losses"])
+        losses["a"] = losses["a"] * float("inf")
+        return losses
+
+    model = load_two_task(model_dir)
+    init = _state(model)
+    args = _args(
+        tmp_path,
+        combiner="pama",
+        head_modules=HEADS,
+        shared_module="bert",
+        max_steps=1,
+        max_grad_norm=0.0,
+    )
+    trainer = MultiObjectiveTrainer(
+        model, args, train_dataset=two_task_data(8), compute_losses=overflowing
+    )
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    trainer.train()
+    assert trainer.accelerator.scaler.get_scale() == 2.0**7
+    for k, v in _state(model).items():
+        assert torch.equal(v, init[k]), k
