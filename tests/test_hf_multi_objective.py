@@ -272,9 +272,13 @@ def test_bf16_autocast_on_cpu(model_dir: Path, tmp_path: Path) -> None:
                            start["bert.embeddings.word_embeddings.weight"])  # fmt: skip
 
 
-def test_peft_lora_with_heads_in_modules_to_save(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("combiner", ["mgda", "pama"])
+def test_peft_lora_with_heads_in_modules_to_save(
+    model_dir: Path, tmp_path: Path, combiner: str
+) -> None:
     """LoRA on the attention projections, both heads trained in full: exact MGDA over the LoRA
-    weights (the trunk), head names resolved through PEFT's wrapper, base weights frozen."""
+    weights (the trunk), PAMA on the last hidden states, head names resolved through PEFT's
+    wrapper, base weights frozen."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
@@ -283,7 +287,7 @@ def test_peft_lora_with_heads_in_modules_to_save(model_dir: Path, tmp_path: Path
     )
     start = _state(model)
     args = _args(
-        tmp_path, combiner="mgda", head_modules=HEADS, max_steps=3, gradient_checkpointing=True
+        tmp_path, combiner=combiner, head_modules=HEADS, max_steps=3, gradient_checkpointing=True
     )
     trainer = MultiObjectiveTrainer(model, args, train_dataset=two_task_data(16))
     trainer.train()

@@ -259,8 +259,10 @@ class MultiObjectiveTrainer(Trainer):
         return names, losses, shared, outputs, scaled
 
     def _forward_takes(self, name: str) -> bool:
-        params = inspect.signature(self._root(self.model).forward).parameters
-        return name in params
+        root = self._root(self.model)
+        if hasattr(root, "get_base_model"):  # PEFT passes its keyword arguments through
+            root = root.get_base_model()
+        return name in inspect.signature(root.forward).parameters
 
     def _no_shared_message(self, model: nn.Module, outputs: Any) -> str:
         name = _arg(self.args, "shared_module")
