@@ -382,3 +382,19 @@ def test_non_finite_loss_under_a_grad_scaler_skips_the_step(model_dir: Path, tmp
     assert trainer.accelerator.scaler.get_scale() == 2.0**7
     for k, v in _state(model).items():
         assert torch.equal(v, init[k]), k
+
+
+def test_arguments_from_the_command_line(tmp_path: Path) -> None:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(MultiObjectiveTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--combiner", "mgda", "--combiner_kwargs",
+         '{"normalization": "l2"}', "--head_modules", '{"a": "head_a"}', "--objectives", "a",
+         "b", "--use_cpu", "true"]
+    )  # fmt: skip
+    assert args.combiner_kwargs == {"normalization": "l2"}
+    assert args.head_modules == {"a": "head_a"} and args.objectives == ["a", "b"]
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        MultiObjectiveTrainingArguments(
+            output_dir=str(tmp_path), combiner="mgda", combiner_kwargs={"normalization": "x"}
+        )
