@@ -398,3 +398,66 @@ def test_arguments_from_the_command_line(tmp_path: Path) -> None:
         MultiObjectiveTrainingArguments(
             output_dir=str(tmp_path), combiner="mgda", combiner_kwargs={"normalization": "x"}
         )
+
+
+class TokenTwoTask(torch.nn.Module):
+    """Token-level two-task model whose losses are sums over valid tokens divided by the
+    Trainer's ``num_items_in_batch`` when it takes loss kwargs (``**kwargs``), else by the
+    micro-batch's own count."""
+
+    def __init__(self, takes_loss_kwargs: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(24, 8)
+        self.trunk = torch.nn.Linear(8, 8)
+        self.head_a = torch.nn.Linear(8, 5)
+        self.head_b = torch.nn.Linear(8, 1)
+        self.accepts_loss_kwargs = takes_loss_kwargs
+
+    def forward(self, input_ids, labels, **kwargs):
+        z = torch.tanh(self.trunk(self.emb(input_ids)))
+        valid = labels != -100
+        count = kwargs.get("num_items_in_batch")
+        count = valid.sum() if count is None or not self.accepts_loss_kwargs else count
+        ce = torch.nn.functional.cross_entropy(
+            self.head_a(z).transpose(1, 2), labels.clamp_min(0), reduction="none"
+        )
+        sq = (self.head_b(z)[..., 0] - labels.clamp_min(0) / 4.0) ** 2
+        losses = {"a": (ce * valid).sum() / count, "b": (sq * valid).sum() / count}
+        return {"losses": losses, "last_hidden_state": z}
+
+
+@pytest.mark.parametrize("combiner", ["linear", "pama"])
+def test_num_items_in_batch_makes_unequal_micro_batches_exact(tmp_path: Path, combiner: str):
+    """As the Trainer does for one loss: when the model takes loss kwargs, its losses are
+    normalised by the valid-token count of the whole accumulated batch, so 2 x 2 micro-batches
+    with 9 and 3 valid tokens give the step of one batch of 4. Without it they do not."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 24, (4, 6), generator=g)
+    labels = (ids % 5).clone()
+    for row, n_valid in enumerate([6, 3, 2, 1]):
+        labels[row, n_valid:] = -100
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+
+    def grads(takes: bool, batch: int, accumulate: int, out: str):
+        rec = GradRecorder()
+        args = _args(
+            tmp_path / out, combiner=combiner, head_modules=HEADS, max_steps=1, optim="sgd",
+            max_grad_norm=0.0, train_sampling_strategy="sequential",
+            per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate,
+        )  # fmt: skip
+        trainer = MultiObjectiveTrainer(
+            TokenTwoTask(takes), args, train_dataset=data, callbacks=[rec]
+        )
+        trainer.train()
+        return rec.grads[0]
+
+    whole = grads(True, 4, 1, "w")
+    accumulated = grads(True, 2, 2, "g")
+    for k in whole:
+        torch.testing.assert_close(accumulated[k], whole[k], rtol=1e-5, atol=1e-7)
+    per_micro_batch = grads(False, 2, 2, "m")
+    gap = max(float((per_micro_batch[k] - whole[k]).abs().max()) for k in whole)
+    assert gap > 1e-4, gap
