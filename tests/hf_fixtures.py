@@ -28,17 +28,26 @@ PROMPTS = [
 ]
 
 
-def build_tokenizer(path: Path):
-    """Word-level tokenizer (whitespace split, words joined by spaces on decode)."""
+def build_tokenizer(path: Path, extra_special: list[str] | None = None):
+    """Word-level tokenizer (whitespace split, words joined by spaces on decode).
+
+    ``extra_special``: further special tokens (e.g. a second end-of-turn token), placed
+    after the usual three.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    extra = list(extra_special or [])
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + extra + WORDS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        additional_special_tokens=extra or None,
     )
     fast.save_pretrained(str(path))
     return AutoTokenizer.from_pretrained(str(path))

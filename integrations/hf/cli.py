@@ -21,8 +21,18 @@ _EPILOG = """\
 reward specs (repeat --reward, one per objective):
   length                      clip(len(response chars) / 140, 0, 1)
   length:SCALE[:LO:HI[:UNIT]] clip(len / SCALE, LO, HI); UNIT chars (default) or words
+  NAME=package.module:func    your Python function func(prompts, responses) -> list of
+                              floats, one per response; the module is imported from the
+                              current directory or the Python path (NAME= optional)
   NAME=NAME_OR_PATH[:LABEL]   a sequence-classification reward model; logit LABEL (default 0)
   NAME_OR_PATH[:LABEL]        the same, named after the path
+
+Example of your own reward, in ./myrewards.py, used as --reward polite=myrewards:politeness:
+  def politeness(prompts, responses):
+      return [float("please" in r) for r in responses]
+
+Reward functions receive the prompts as the policy saw them (cut from the left to the
+configured max_prompt_length, if any) and the responses without the prompt.
 
 prompt file: one prompt per line (.txt), or JSON lines with a "prompt" field (.jsonl).
 Metrics go to OUTPUT_DIR/metrics.jsonl; checkpoints to OUTPUT_DIR/checkpoint-STEP.
@@ -41,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--policy", required=True, help="model name or local path (AutoModelForCausalLM)"
+        "--policy",
+        required=True,
+        help="model name or local path (AutoModelForCausalLM); a missing local path is an error",
     )
     p.add_argument("--tokenizer", help="tokenizer name or path (default: the policy's)")
     p.add_argument("--prompts", required=True, type=Path, help="prompt file (.txt or .jsonl)")
@@ -54,11 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--combiner",
-        choices=["pama", "linear", "morlhf", "mgda_ub", "mgda"],
-        help="how the objectives are combined (default pama)",
+        choices=["pama", "morlhf", "linear_noon", "mgda_ub", "mgda", "linear"],
+        help="how the objectives are combined (default pama); morlhf: PPO on the scalarised "
+        "reward; linear_noon: sum of Noon PPO losses; linear: sum of PPO losses (--noon)",
     )
     p.add_argument(
-        "--weights", type=float, nargs="+", help="fixed weights for --combiner linear/morlhf"
+        "--weights",
+        type=float,
+        nargs="+",
+        help="fixed weights, one per --reward, for morlhf/linear_noon/linear (default 1/n)",
+    )
+    p.add_argument(
+        "--noon",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Noon clipping A = max(A, 0) for pama/linear/mgda* (default on)",
+    )
+    p.add_argument(
+        "--mgda-normalization",
+        choices=["none", "l2", "loss", "loss+"],
+        help="gradient normalisation of mgda/mgda_ub (default l2)",
+    )
+    p.add_argument(
+        "--value-warmup-steps",
+        type=int,
+        help="value-only steps on the starting policy before the first update (default 0)",
     )
     p.add_argument("--granularity", choices=["token", "sample", "batch"], help="PAMA granularity")
     p.add_argument("--config", type=Path, help="MOPPOConfig as JSON; flags given here override it")
@@ -134,6 +166,9 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "vf_coef",
         "ratio_to",
         "advantage_normalization",
+        "noon",
+        "mgda_normalization",
+        "value_warmup_steps",
         "temperature",
         "lora_r",
         "lora_alpha",
@@ -152,7 +187,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     if args.granularity is not None:
         data["pama_granularity"] = args.granularity
     if args.weights is not None:
-        data.setdefault("combiner_kwargs", {})["weights"] = args.weights
+        data["combiner_weights"] = args.weights
     if args.no_adaptive_kl:
         data["adaptive_kl"] = False
     if args.lora:
@@ -181,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = None
         if args.tokenizer:
             from transformers import AutoTokenizer
+
+            from .models import check_model_source
+
+            check_model_source(args.tokenizer, "tokenizer")
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
         trainer = MOPPOTrainer(
