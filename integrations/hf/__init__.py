@@ -63,3 +63,7 @@ __all__ = [
     "render_prompt",
     "response_mask",
 ]
+
+from .multi_objective import MultiObjectiveTrainer, MultiObjectiveTrainingArguments
+
+__all__ += ["MultiObjectiveTrainer", "MultiObjectiveTrainingArguments"]
