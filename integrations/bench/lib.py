@@ -168,16 +168,10 @@ def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
 
     Read from the allocation/free events that ``torch.profiler`` records with
     ``profile_memory=True`` (every tensor allocation through the c10 CPU allocator, signed
-    sizes, in time order); the running sum's maximum is the peak. On CUDA the allocator's own
-    ``max_memory_allocated`` is used instead.
+    sizes, in time order); the running sum's maximum is the peak. The suites run on the CPU
+    even where a GPU is present (bench/gpu_step.py measures the GPU), so the CPU allocator
+    is always the one to read.
     """
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -224,7 +224,10 @@ class MultiObjectiveTrainer(Trainer):
                 source, scaled = "compute_losses(model, inputs)", bool(extra)
             else:
                 kwargs = dict(inputs)
-                scaled = bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                scaled = bool(
+                    getattr(self, "model_accepts_loss_kwargs", False)
+                    and num_items_in_batch is not None
+                )
                 if scaled:
                     kwargs["num_items_in_batch"] = num_items_in_batch
                 if want_hidden and self._forward_takes("output_hidden_states"):
@@ -326,6 +329,11 @@ class MultiObjectiveTrainer(Trainer):
 
         return backward
 
+    def _accumulation_steps(self) -> int:
+        # The last window of an epoch can be shorter; older transformers do not track it.
+        current = getattr(self, "current_gradient_accumulation_steps", None)
+        return int(current or self.args.gradient_accumulation_steps)
+
     def training_step(
         self,
         model: nn.Module,
@@ -349,9 +357,11 @@ class MultiObjectiveTrainer(Trainer):
             layout = self._layout_for(model, names)
             if first and isinstance(self.combiner, PAMA) and shared is not None:
                 self._check_pama_reaches(layout, losses, shared)
-            if self.loss_is_scaled_for_ga is not None:
-                scaled = self.loss_is_scaled_for_ga
-            divisor = 1 if scaled else self.current_gradient_accumulation_steps
+            # transformers >= 5.2x lets a subclass declare it; older releases have no attribute.
+            declared = getattr(self, "loss_is_scaled_for_ga", None)
+            if declared is not None:
+                scaled = declared
+            divisor = 1 if scaled else self._accumulation_steps()
             scaler = getattr(self.accelerator, "scaler", None)
             loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0
             step_losses = [loss / divisor if divisor != 1 else loss for loss in losses]

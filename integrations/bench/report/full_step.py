@@ -26,7 +26,8 @@ def _median(case: dict[str, Any], key: str) -> float | None:
 
 def _peak_ratio(case: dict[str, Any], key: str) -> float:
     """Peak memory of ``key``'s update over the linear update's."""
-    return case["peak_bytes"][key] / case["peak_bytes"]["linear"]
+    base = case["peak_bytes"]["linear"]
+    return case["peak_bytes"][key] / base if base > 0 else float("nan")
 
 
 def _extra_floats(case: dict[str, Any], key: str) -> float:
