@@ -470,15 +470,14 @@ class MOPPOTrainer:
     def log_value_warmup(self, metrics: dict[str, float]) -> None:
         """A warm-up step's metrics: kept apart from ``history``, logged with ``step`` 0."""
         self.value_warmup_history.append(metrics)
-        if not self.accelerator.is_main_process:
-            return
-        if self.config.log_jsonl:
-            append_jsonl(self.metrics_path, metrics)
-        if self._report is not None:
-            self._report.on_log(metrics)
+        self._emit(metrics)
 
     def log(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
+        self._emit(metrics)
+
+    def _emit(self, metrics: dict[str, float]) -> None:
+        """JSONL and ``report_to``, from the main process only."""
         if not self.accelerator.is_main_process:
             return
         if self.config.log_jsonl:
