@@ -92,6 +92,22 @@ def tables_markdown(results: dict[str, Any]) -> str:
         rate = np.mean([t["descent_rate"] for t in runs])
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {rate:.2f} |")
 
+    paper = results.get("toy_paper_lr", [])
+    if paper:
+        steps = paper[0]["steps"]
+        lines += [
+            "",
+            f"At the CAGrad paper's step (Adam, lr 1e-3), {steps} steps, element-wise rules only "
+            "(all starts in one batched run, exact for these two):",
+            "",
+            "| method | " + " | ".join(str(tuple(s)) for s in cfg["toy_starts"]) + " |",
+            "|---|" + "---|" * len(cfg["toy_starts"]),
+        ]
+        for t in paper:
+            final = np.array(t["trajectory"])[-1]
+            cells = [f"({p[0]:.2f}, {p[1]:.2f}) {toy_end(list(p), pareto_x)}" for p in final]
+            lines.append(f"| {LABELS[t['method']]} | " + " | ".join(cells) + " |")
+
     summary = digits_summary(results)
     seeds = cfg["seeds"]
     lines += [
@@ -206,12 +222,36 @@ def plot_all(results: dict[str, Any], img_dir: Path) -> list[Path]:
         ax.set_aspect("equal")
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
-    fig.suptitle("Toy problem (CAGrad / Nash-MTL): trajectories over the mean loss")
+    fig.suptitle(
+        f"Toy problem (CAGrad / Nash-MTL): Adam lr {cfg['toy_lr']}, {cfg['toy_steps']} steps, "
+        "over the mean loss"
+    )
     fig.tight_layout()
     path = img_dir / "mtl_toy_paths.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     paths.append(path)
+
+    paper = results.get("toy_paper_lr", [])
+    if paper:
+        fig, axes = plt.subplots(1, len(paper), figsize=(4 * len(paper), 4), squeeze=False)
+        for ax, t in zip(axes.flat, paper, strict=True):
+            ax.contour(gx, gy, mean_loss, levels=20, cmap="viridis", linewidths=0.6)
+            ax.plot(pareto_x[:, 0], pareto_x[:, 1], color="gray", lw=4, alpha=0.6)
+            traj = np.array(t["trajectory"])
+            for k in range(traj.shape[1]):
+                ax.plot(traj[:, k, 0], traj[:, k, 1], color=_COLORS[t["method"]], lw=1.2)
+                ax.plot(*traj[0, k], "ko", ms=4)
+                ax.plot(*traj[-1, k], "*", color=_COLORS[t["method"]], ms=10, mec="k")
+            ax.set_title(f"{LABELS[t['method']]}, lr 1e-3, {t['steps']} steps")
+            ax.set_xlim(-10, 10)
+            ax.set_ylim(-10, 10)
+            ax.set_aspect("equal")
+        fig.tight_layout()
+        path = img_dir / "mtl_toy_paper_lr.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
 
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.plot(pareto_f[:, 0], pareto_f[:, 1], color="gray", lw=4, alpha=0.6, label="Pareto front")

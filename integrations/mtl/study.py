@@ -22,7 +22,7 @@ import torch
 from .cost import measure_costs
 from .digits import train_digits
 from .methods import METHODS
-from .toy import STARTS, TOY_LR, pareto_set, run_toy
+from .toy import BATCHABLE, STARTS, TOY_LR, pareto_set, run_batched, run_toy
 
 __all__ = ["PROFILES", "StudyConfig", "run_study"]
 
@@ -31,8 +31,9 @@ __all__ = ["PROFILES", "StudyConfig", "run_study"]
 class StudyConfig:
     seeds: int = 10
     digits_steps: int = 300
-    toy_steps: int = 2000
+    toy_steps: int = 4000
     toy_lr: float = TOY_LR
+    paper_lr_steps: int = 30000
     toy_starts: tuple[tuple[float, float], ...] = STARTS
     cost_sizes: tuple[tuple[int, int], ...] = ((32, 8), (512, 64))
     cost_rounds: int = 30
@@ -42,12 +43,15 @@ class StudyConfig:
 
 PROFILES: dict[str, StudyConfig] = {
     "full": StudyConfig(),
-    "quick": StudyConfig(seeds=10, digits_steps=120, toy_steps=800, toy_lr=0.025, cost_rounds=10),
+    "quick": StudyConfig(
+        seeds=10, digits_steps=120, toy_steps=1500, toy_lr=0.02, paper_lr_steps=8000, cost_rounds=10
+    ),
     # The smallest size that still runs every part (tests).
     "tiny": StudyConfig(
         seeds=2,
         digits_steps=8,
         toy_steps=20,
+        paper_lr_steps=50,
         toy_starts=STARTS[:2],
         cost_sizes=((16, 4),),
         cost_rounds=2,
@@ -74,6 +78,12 @@ def _toy_job(args: tuple[str, tuple[float, float], int, float]) -> dict[str, Any
         "finite": bool(np.isfinite(run.points).all()),
         "descent_rate": run.descent_rate,
     }
+
+
+def _paper_lr_job(args: tuple[str, tuple[tuple[float, float], ...], int]) -> dict[str, Any]:
+    method, starts, steps = args
+    traj = run_batched(method, starts, steps=steps, lr=1e-3, record_every=max(1, steps // 300))
+    return {"method": method, "lr": 1e-3, "steps": steps, "trajectory": traj.tolist()}
 
 
 def _digits_job(args: tuple[str, int, int]) -> dict[str, Any]:
@@ -117,8 +127,13 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str,
     xs, fs = pareto_set()
     out["pareto_set"] = {"x": xs.tolist(), "losses": fs.tolist()}
     toy_jobs = [(m, s, cfg.toy_steps, cfg.toy_lr) for m in cfg.methods for s in cfg.toy_starts]
-    log(f"toy problem: {len(toy_jobs)} trajectories x {cfg.toy_steps} Adam steps")
+    paper_jobs = [(m, cfg.toy_starts, cfg.paper_lr_steps) for m in BATCHABLE if m in cfg.methods]
+    log(
+        f"toy problem: {len(toy_jobs)} trajectories x {cfg.toy_steps} Adam steps, plus linear "
+        f"and PAMA at lr 1e-3 for {cfg.paper_lr_steps} steps"
+    )
     out["toy"] = _map(_toy_job, toy_jobs, cfg.workers)
+    out["toy_paper_lr"] = _map(_paper_lr_job, paper_jobs, cfg.workers)
     out["wall_s"]["toy"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
