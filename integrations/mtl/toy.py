@@ -73,19 +73,21 @@ def toy_losses(x: Tensor) -> Tensor:
     return torch.stack([c1 * f1 + c2 * g1, c1 * f2 + c2 * g2], dim=-1)
 
 
-def pareto_set(n1: int = 141, n2: int = 61) -> tuple[np.ndarray, np.ndarray]:
+def pareto_set(n1: int = 151, n2: int = 21) -> tuple[np.ndarray, np.ndarray]:
     """Non-dominated points of a grid over the region holding the Pareto set.
 
     Returns ``(x [m, 2], losses [m, 2])`` sorted by ``x_1``: a numerical trace of the Pareto
-    set (grid step 0.1 in ``x_1``, 0.05 in ``x_2``) and of the front.
+    set (grid step 0.1 in both coordinates over [-7.5, 7.5] x [-9, -7]) and of the front. At a
+    given ``x_1`` a few neighbouring ``x_2`` can all be non-dominated (the set is a thin band
+    at this resolution).
     """
     a = torch.linspace(-7.5, 7.5, n1, dtype=torch.float64)
-    b = torch.linspace(-9.5, -7.0, n2, dtype=torch.float64)
+    b = torch.linspace(-9.0, -7.0, n2, dtype=torch.float64)
     grid = torch.cartesian_prod(a, b)
     vals = toy_losses(grid).numpy()
     keep = pareto_mask(vals, maximize=False)
     xs, fs = grid.numpy()[keep], vals[keep]
-    order = np.argsort(xs[:, 0])
+    order = np.lexsort((xs[:, 1], xs[:, 0]))
     return xs[order], fs[order]
 
 
