@@ -24,7 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "multi-objective PPO on a causal LM with n reward functions",
     ),
     "bench": (
-        "paretoopt.integrations.bench_cli",
+        "paretoopt.integrations.bench.cli",
         "bench",
         "cost benchmarks: PAMA vs MGDA vs linear scalarization; writes docs tables and plots",
     ),

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_str_tuple,
         default=None,
-        help="comma-separated: pama, morlhf, mgda_ub, mgda (default: pama,morlhf,mgda_ub)",
+        help="comma-separated: pama, morlhf, linear_noon, linear, mgda_ub, mgda "
+        "(default: pama,morlhf,mgda_ub)",
     )
     p.add_argument("--seeds", type=_int_tuple, default=None, help="comma-separated run seeds")
     p.add_argument("--steps", type=int, default=None, help="PPO steps per run")

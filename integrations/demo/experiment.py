@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from paretoopt.integrations.demo.artefacts import ArtefactConfig
 
 METHOD_LABELS = {
     "pama": "PAMA",
     "morlhf": "MORLHF (0.5/0.5)",
     "linear": "Linear (0.5/0.5)",
+    "linear_noon": "Linear, Noon (0.5/0.5)",
     "mgda_ub": "MGDA-UB",
     "mgda": "MGDA (exact)",
     "sft": "SFT (start)",
@@ -116,11 +116,15 @@ def tiny_config() -> DemoConfig:
 
 def combiner_settings(method: str) -> tuple[str, dict[str, Any]]:
     """Trainer combiner name and kwargs for a demo method name."""
-    if method in ("morlhf", "linear"):
-        return "linear", {"weights": [0.5, 0.5]}
+    if method in ("morlhf", "linear", "linear_noon"):
+        # "morlhf": PPO on the scalarised reward 0.5 r_1 + 0.5 r_2 (one advantage per token).
+        return method, {"weights": [0.5, 0.5]}
     if method in ("pama", "mgda_ub", "mgda"):
         return method, {}
-    raise ValueError(f"unknown method {method!r}; expected one of pama, morlhf, mgda_ub, mgda")
+    raise ValueError(
+        f"unknown method {method!r}; expected one of pama, morlhf, linear_noon, linear, "
+        "mgda_ub, mgda"
+    )
 
 
 def moppo_config(config: DemoConfig, method: str, seed: int, output_dir: Path, progress: bool):
@@ -214,6 +218,7 @@ def run_experiment(
     ``hypervolume`` and a few ``samples``; the SFT policy is entry ``"sft"``.
     """
     from paretoopt.integrations.hf import MOPPOTrainer
+
     from paretoopt.pareto import hypervolume
 
     names = list(reward_names)

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-COMBINER_NAMES = ("pama", "linear", "morlhf", "mgda_ub", "mgda")
+COMBINER_NAMES = ("pama", "morlhf", "linear_noon", "mgda_ub", "mgda", "linear")
+WEIGHTED_COMBINERS = ("morlhf", "linear_noon", "linear")
+"""Combiners with fixed weights (``combiner_weights``; default uniform 1/n)."""
+MGDA_NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 @dataclass
@@ -32,25 +35,47 @@ class MOPPOConfig:
 
     # -- combiner ---------------------------------------------------------
     combiner: str = "pama"
-    """"pama" | "linear" (alias "morlhf") | "mgda_ub" | "mgda"; or give the
-    trainer a combiner instance, which takes precedence."""
+    """"pama" | "morlhf" | "linear_noon" | "mgda_ub" | "mgda" | "linear"; or give the
+    trainer a combiner instance, which takes precedence (docs/trainer.md, "PPO set-up").
+
+    * "morlhf": PPO on the scalarised reward ``sum_i w_i r_i`` (Wu et al. 2023, Rame et
+      al. 2023): one advantage ``A = sum_i w_i A'_i`` per token, standard PPO clipping, no Noon.
+    * "linear_noon": ``sum_i w_i L_i`` of per-objective Noon PPO losses (Noon always).
+    * "linear": ``sum_i w_i L_i`` of per-objective PPO losses, Noon per ``noon``.
+    """
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)
     """Passed to ``paretoopt.make_combiner``, e.g. ``{"weights": [0.5, 0.5]}``."""
+    combiner_weights: list[float] | None = None
+    """Fixed weights of "morlhf" / "linear_noon" / "linear", one per reward, checked against
+    the number of rewards when the trainer is built; None: uniform 1/n."""
+    noon: bool = True
+    """Noon clipping ``A = max(A', 0)`` for PAMA and the per-objective-loss combiners
+    ("linear", "mgda_ub", "mgda"). "linear_noon" always clips, "morlhf" never. With
+    ``combiner="pama", noon=False`` PAMA uses the closed form on unclipped advantages
+    (``s* = relu(min A) - relu(-max A)``) and the standard PPO surrogate."""
+    mgda_normalization: Literal["none", "l2", "loss", "loss+"] = "l2"
+    """Gradient normalisation of "mgda" / "mgda_ub" (Sener & Koltun 2018); "none" is an
+    ablation. "loss" / "loss+" divide by the loss and need positive losses."""
     pama_granularity: Literal["token", "sample", "batch"] = "token"
     """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
     pama_fast_path: bool = True
     """PAMA via ``s* = pama_advantages(A)`` in one surrogate (True), or the generic
-    combiner route with the per-token ratio as the shared tensor (False); same update."""
+    combiner route with the per-token ratio as the shared tensor (False); same update.
+    Granularity "batch" needs True (the generic route sees one mini-batch at a time)."""
 
     # -- schedule ----------------------------------------------------------
     steps: int = 20
+    value_warmup_steps: int = 0
+    """Value-only steps on rollouts of the starting policy before the first policy update
+    (the policy is untouched); counted apart from ``steps``."""
     batch_size: int = 8
     mini_batch_size: int = 4
     ppo_epochs: int = 2
     max_new_tokens: int = 16
     min_new_tokens: int = 0
     max_prompt_length: int | None = None
-    """Prompts longer than this many tokens are truncated from the left."""
+    """Prompts longer than this many tokens are truncated from the left; reward functions
+    get the prompt as truncated (what the policy saw)."""
 
     # -- optimisation -----------------------------------------------------
     learning_rate: float = 1e-5
@@ -62,8 +87,9 @@ class MOPPOConfig:
     # -- PPO / KL -----------------------------------------------------------
     kl_coef: float = 0.2
     adaptive_kl: bool = True
-    target_kl: float = 6.0
-    """Target of the adaptive controller: mean per-sequence KL (sum over tokens)."""
+    target_kl: float = 3.0
+    """Target of the adaptive controller: mean per-sequence KL (sum over tokens); 3 as in
+    the paper's hyper-parameter table."""
     kl_horizon: int = 10000
     """Horizon of the adaptive controller (Ziegler et al. 2019)."""
     cliprange: float = 0.2
@@ -72,12 +98,15 @@ class MOPPOConfig:
     gamma: float = 1.0
     gae_lambda: float = 0.95
     ratio_to: Literal["ref", "old"] = "ref"
-    """Importance ratio's denominator: the frozen reference policy (the paper) or
-    the rollout policy (ordinary PPO)."""
+    """Importance ratio's denominator: the frozen reference policy (as the paper writes it)
+    or the rollout policy (ordinary PPO, and TRL's PPO trainer, whose constants the paper
+    uses; TRL also whitens advantages)."""
     advantage_normalization: Literal["none", "scale", "whiten"] = "none"
     """Per objective, over all valid tokens of all processes: "none" (the
-    paper), "scale" (divide by the std; keeps signs, so Noon clipping is
-    unchanged), "whiten" (subtract the mean too)."""
+    paper), "scale" (divide by the std; keeps signs, so Noon clipping zeroes the same
+    entries, but PAMA's min_i A_i then compares objectives in units of their own std:
+    which objective binds, and so the update, changes), "whiten" (subtract the mean too).
+    Without normalisation, PAMA's binding objective depends on the rewards' scales."""
     reward_clip: float | None = None
     """Clip each objective's score to [-reward_clip, reward_clip] (None: off)."""
     detach_value_input: bool = False
@@ -96,6 +125,42 @@ class MOPPOConfig:
     """Zero the base model's dropout (not LoRA's) so log-probs of the rollout and
     of the update agree."""
     gradient_checkpointing: bool = False
+    load_in_8bit: bool = False
+    """Base weights in 8 bits (bitsandbytes, the ``quant`` extra, a CUDA GPU); needs LoRA."""
+    load_in_4bit: bool = False
+    """Base weights in 4 bits (QLoRA); needs LoRA, bitsandbytes and a CUDA GPU."""
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_compute_dtype: str = "bfloat16"
+    bnb_4bit_use_double_quant: bool = True
+
+    # -- memory -------------------------------------------------------------
+    forward_chunk_size: int | None = None
+    """Sequences per forward pass when computing the rollout's log-probs and values
+    (policy, reference, value heads); None: ``mini_batch_size``."""
+    micro_batch_size: int | None = None
+    """Gradient accumulation: each mini-batch is run in micro-batches of this many sequences
+    whose token-weighted losses add up to the mini-batch's (the same update, less memory);
+    None: the whole mini-batch at once."""
+
+    # -- held-out evaluation and the shipped model ------------------------------
+    eval_every: int = 0
+    """Evaluate on the trainer's ``eval_prompts`` every this many steps (and at the end);
+    0: only at the end (when there are eval prompts)."""
+    eval_max_new_tokens: int | None = None
+    """Response length at evaluation (None: ``max_new_tokens``); greedy decoding."""
+    eval_samples: int = 4
+    """Rows of the samples table logged with each evaluation."""
+    eval_reference_point: list[float] | None = None
+    """Hypervolume reference point, one value per objective; None: each objective's worst
+    response score in the first evaluation."""
+    best_criterion: str | dict[str, float] | None = None
+    """Keep ``OUTPUT_DIR/best``, the checkpoint with the best evaluation by this criterion:
+    "hypervolume", "hypervolume_per_response", an objective's name, or weights
+    ``{"name": w}`` of a weighted mean reward; None: no best checkpoint."""
+    export_dir: str | None = None
+    """Write the shipped model here at the end of training (:mod:`.export`); None: don't."""
+    export_merged: bool = False
+    """Also export the LoRA adapter merged into the base weights."""
 
     # -- sampling -------------------------------------------------------------
     temperature: float = 1.0
@@ -153,6 +218,7 @@ class MOPPOConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"MOPPOConfig.{name} must lie in [0, 1], got {value!r}")
+        self._validate_ppo_setup()
         if self.ratio_to not in ("ref", "old"):
             raise ValueError(f"MOPPOConfig.ratio_to must be 'ref' or 'old', got {self.ratio_to!r}")
         if self.pama_granularity not in ("token", "sample", "batch"):
@@ -185,6 +251,81 @@ class MOPPOConfig:
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         if self.use_lora and (self.lora_r < 1 or self.lora_alpha <= 0):
             raise ValueError("MOPPOConfig.lora_r must be >= 1 and lora_alpha > 0")
+        self._validate_llm_options()
+
+    def _validate_llm_options(self) -> None:
+        """Quantisation, memory, evaluation and export fields."""
+        from .quant import check_quantization
+
+        # Missing bitsandbytes or GPU: refused here, before any model is loaded.
+        check_quantization(self)
+        for name in ("forward_chunk_size", "micro_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"MOPPOConfig.{name} must be a positive integer or None")
+        if self.micro_batch_size is not None:
+            if self.micro_batch_size > self.mini_batch_size:
+                raise ValueError(
+                    f"MOPPOConfig.micro_batch_size ({self.micro_batch_size}) must not exceed "
+                    f"mini_batch_size ({self.mini_batch_size})"
+                )
+            if (
+                self.combiner in ("mgda", "mgda_ub")
+                and self.micro_batch_size < self.mini_batch_size
+            ):
+                raise ValueError(
+                    f"MOPPOConfig.micro_batch_size with combiner={self.combiner!r}: MGDA's "
+                    "min-norm weights need the whole mini-batch's gradients, so accumulating "
+                    "micro-batches would change the update; lower mini_batch_size instead"
+                )
+        if self.eval_every < 0 or self.eval_samples < 0:
+            raise ValueError("MOPPOConfig.eval_every and eval_samples must be >= 0")
+        if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
+            raise ValueError("MOPPOConfig.eval_max_new_tokens must be >= 1 or None")
+        if self.export_merged and not self.use_lora:
+            raise ValueError("MOPPOConfig.export_merged needs use_lora=True (merges the adapter)")
+        if self.export_merged and self.export_dir is None:
+            raise ValueError("MOPPOConfig.export_merged needs export_dir")
+
+    def _validate_ppo_setup(self) -> None:
+        """The fields of the "PPO set-up": weights, Noon, MGDA normalisation, warm-up."""
+        if not isinstance(self.noon, bool):
+            raise ValueError(f"MOPPOConfig.noon must be True or False, got {self.noon!r}")
+        if self.mgda_normalization not in MGDA_NORMALIZATIONS:
+            raise ValueError(
+                f"MOPPOConfig.mgda_normalization must be one of {MGDA_NORMALIZATIONS}, "
+                f"got {self.mgda_normalization!r}"
+            )
+        warmup = self.value_warmup_steps
+        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+            raise ValueError(
+                f"MOPPOConfig.value_warmup_steps must be an integer >= 0, got {warmup!r}"
+            )
+        if self.combiner_weights is None:
+            return
+        if self.combiner not in WEIGHTED_COMBINERS:
+            raise ValueError(
+                f"MOPPOConfig.combiner_weights applies to {WEIGHTED_COMBINERS}, "
+                f"not to combiner={self.combiner!r}"
+            )
+        if "weights" in self.combiner_kwargs:
+            raise ValueError(
+                "give the weights once: MOPPOConfig.combiner_weights or "
+                "combiner_kwargs['weights'], not both"
+            )
+        weights = list(self.combiner_weights)
+        if not weights:
+            raise ValueError("MOPPOConfig.combiner_weights is empty: one weight per reward")
+        for i, w in enumerate(weights):
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(
+                    f"MOPPOConfig.combiner_weights[{i}] must be a finite number >= 0, got {w!r}"
+                )
+        if sum(weights) == 0:
+            raise ValueError("MOPPOConfig.combiner_weights are all zero")
+        self.combiner_weights = [float(w) for w in weights]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,22 +1,26 @@
-"""Multi-objective PPO on transformers + peft + accelerate (PAMA's Algorithm 1).
+"""Multi-objective PPO on transformers + peft + accelerate: PAMA's Algorithm 1.
 
-One step, as small named methods (see docs/trainer.md for the maths):
+:meth:`MOPPOTrainer.step` is the algorithm, one named call per line (docs/trainer.md has the
+mathematics):
 
-1. :meth:`MOPPOTrainer.rollout`  - sample one response per prompt (batched, KV cache);
-2. :meth:`MOPPOTrainer.score`    - n reward functions -> scores ``[n, B]``;
-3. :meth:`MOPPOTrainer.compute_advantages` - log-probs of policy and reference, n
-   values, per-token KL penalty, per-objective GAE, Noon clipping
-   ``A = max(A', 0)``, and for PAMA the closed form ``s* = pama_advantages(A)``;
-4. :meth:`MOPPOTrainer.update`   - PPO epochs over mini-batches: the combiner's
-   policy loss plus ``vf_coef`` times the clipped value losses.
+1. :meth:`~MOPPOTrainer.sample_prompts` - this step's prompts, a function of (seed, step);
+2. :meth:`~MOPPOTrainer.rollout` - one sampled response per prompt (batched, KV cache);
+3. :meth:`~MOPPOTrainer.score` - n reward functions -> scores ``[n, B]``;
+4. :meth:`~MOPPOTrainer.forward_rollout` - log-probs of policy and reference, n values;
+5. :meth:`~MOPPOTrainer.kl_penalized_rewards` - per-token rewards with the KL penalty;
+6. :meth:`~MOPPOTrainer.per_objective_gae` - n advantages and returns (GAE);
+7. :meth:`~MOPPOTrainer.combine` - normalisation, Noon clip ``A = max(A', 0)`` and, for
+   PAMA, the closed form ``s* = pama_advantages(A)``;
+8. :meth:`~MOPPOTrainer.update` - PPO epochs over mini-batches: the combiner's policy loss
+   plus ``vf_coef`` times the clipped value losses (:mod:`.update`);
+9. :func:`~.metrics.step_metrics` and :meth:`~MOPPOTrainer.log`.
+
+Loading lives in :mod:`.models`, the update in :mod:`.update`, metrics in :mod:`.metrics`,
+reporting in :mod:`.reporting` and checkpoints in :mod:`.state`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -29,53 +33,42 @@ from .advantages import (
     AdaptiveKLController,
     gae,
     kl_penalized_rewards,
-    masked_mean,
     normalize_advantages,
+    scalarize_advantages,
 )
-from .checkpoint import (
-    STATE_FILE,
-    atomic_write_dir,
-    capture_rng_state,
-    find_latest_checkpoint,
-    is_checkpoint,
-    restore_rng_state,
+from .checkpoint import resolve_resume
+from .config import WEIGHTED_COMBINERS, MOPPOConfig
+from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
+from .evaluation import (
+    BestCheckpoint,
+    EvalResult,
+    evaluate_trainer,
+    generate_responses,
+    run_evaluation,
 )
-from .config import MOPPOConfig
-from .rewards import RewardModelFunction, parse_reward_spec, reward_name, score_batch
-from .rollout import Rollout, generate_rollout
-from .value_heads import PolicyWithValueHeads, ValueHeads, clipped_value_loss, response_forward
+from .metrics import PhaseClock, step_metrics
+from .models import (
+    build_combiner,
+    build_trainable,
+    combiner_weights,
+    eos_token_ids,
+    generation_config,
+    is_pama,
+    load_policy_and_reference,
+    load_tokenizer,
+    uses_noon,
+)
+from .pama import check_pama_route, pama_targets
+from .reporting import Reporter, append_jsonl
+from .reward_models import RewardHead, bind_prompt_texts, unique_reward_names
+from .rewards import parse_reward_spec, score_batch
+from .rollout import Rollout, generate_rollout, warn_processed_sampling
+from .state import load_training_state, save_checkpoint
+from .update import RolloutBatch, check_accumulation, ppo_update
+from .value_heads import PolicyWithValueHeads, response_forward
+from .warmup import run_value_warmup
 
 __all__ = ["MOPPOTrainer", "RolloutBatch"]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CHECKPOINT_VERSION = 1
-
-
-class RolloutBatch:
-    """Everything the update needs, computed once per step without gradients.
-
-    Tensors ``[B, T]`` (``logprobs``, ``ref_logprobs``, ``mask``, ``kl``) and
-    ``[n, B, T]`` (``values``, ``returns``, ``advantages`` = Noon-clipped);
-    ``s_star[B, T]`` and ``pama_weights[n, B, T]`` only with the PAMA fast path.
-    """
-
-    def __init__(self, rollout: Rollout, scores: torch.Tensor, **tensors: Any):
-        self.rollout = rollout
-        self.scores = scores
-        self.logprobs: torch.Tensor = tensors["logprobs"]  # type: ignore[assignment]
-        self.ref_logprobs: torch.Tensor = tensors["ref_logprobs"]  # type: ignore[assignment]
-        self.values: torch.Tensor = tensors["values"]  # type: ignore[assignment]
-        self.returns: torch.Tensor = tensors["returns"]  # type: ignore[assignment]
-        self.advantages: torch.Tensor = tensors["advantages"]  # type: ignore[assignment]
-        self.raw_advantages: torch.Tensor = tensors["raw_advantages"]  # type: ignore[assignment]
-        self.kl: torch.Tensor = tensors["kl"]  # type: ignore[assignment]
-        self.s_star = tensors.get("s_star")
-        self.pama_weights = tensors.get("pama_weights")
-        self.pama_stats: dict[str, float] = tensors.get("pama_stats") or {}
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.rollout.mask
 
 
 class MOPPOTrainer:
@@ -87,7 +80,12 @@ class MOPPOTrainer:
             or a ``PreTrainedModel`` (trained in place; the reference is a frozen copy).
         tokenizer: a tokenizer; loaded from ``policy`` when it is a name or path.
         prompts: the prompt pool; each step samples ``config.batch_size`` per process.
-        rewards: n reward functions ``(prompts, responses) -> list[float]``,
+            Strings or conversations (lists of ``{"role", "content"}`` messages, rendered
+            with the tokenizer's chat template), or any source
+            :func:`~.data.load_prompt_dataset` reads (a ``datasets.Dataset``, a file, ...).
+        rewards: n reward functions ``(prompts, responses) -> list[float]``. They receive
+            the prompts as given (a conversation stays a list of messages); a function that
+            takes a ``prompt_texts`` keyword also gets the text the policy saw. Also
             :class:`~paretoopt.integrations.hf.RewardModelFunction` instances, or specs such
             as ``"length"`` / ``"name=PATH:LABEL"`` (see ``parse_reward_spec``).
         reward_names: names for logging (default: the functions' names).
@@ -95,6 +93,8 @@ class MOPPOTrainer:
         callbacks: extra ``transformers.TrainerCallback`` objects (``on_log`` gets
             every step's metrics), besides those named in ``config.report_to``.
         accelerator: an ``accelerate.Accelerator``; one is made from the config if None.
+        eval_prompts: held-out prompts (any prompt source) evaluated every
+            ``config.eval_every`` steps and at the end (:mod:`.evaluation`).
     """
 
     def __init__(
@@ -102,12 +102,13 @@ class MOPPOTrainer:
         config: MOPPOConfig,
         policy: str | Path | nn.Module,
         tokenizer: Any = None,
-        prompts: Sequence[str] = (),
+        prompts: Sequence[Prompt] | Any = (),
         rewards: Sequence[Callable[..., Any] | str] = (),
         reward_names: Sequence[str] | None = None,
         combiner: Any = None,
         callbacks: Sequence[Any] = (),
         accelerator: Any = None,
+        eval_prompts: Sequence[Prompt] | Any = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -121,47 +122,55 @@ class MOPPOTrainer:
         # The same seed on every process: value heads (and LoRA) start identical.
         set_seed(config.seed)
 
-        self.prompts = [str(p) for p in prompts]
-        if not self.prompts:
+        if isinstance(prompts, Sequence) and not isinstance(prompts, str) and not len(prompts):
             raise ValueError("MOPPOTrainer needs a non-empty list of prompts")
+        self.prompts: list[Prompt] = load_prompt_dataset(prompts)
+        self.eval_prompts: list[Prompt] | None = (
+            None if eval_prompts is None else load_prompt_dataset(eval_prompts)
+        )
         self.reward_fns = [parse_reward_spec(r) if isinstance(r, str) else r for r in rewards]
         if not self.reward_fns:
             raise ValueError("MOPPOTrainer needs at least one reward function")
         for index, fn in enumerate(self.reward_fns):
             if not callable(fn):
                 raise TypeError(f"reward {index} is not callable: {fn!r}")
-            if isinstance(fn, RewardModelFunction):
+            if isinstance(fn, RewardHead):
                 fn.to(self.device)
         self.n_objectives = len(self.reward_fns)
-        self.reward_names = self._resolve_names(reward_names)
+        self.reward_names = unique_reward_names(self.reward_fns, reward_names)
+        if combiner is None and config.combiner in WEIGHTED_COMBINERS:
+            combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
-        self.resume_dir = self._resolve_resume(config.resume_from)
-        self.tokenizer = self._load_tokenizer(policy, tokenizer)
-        model, self.ref_model = self._load_models(policy)
-        hidden_size = _hidden_size(model)
-        heads = ValueHeads(hidden_size, self.n_objectives)
-        module = PolicyWithValueHeads(model, heads).to(self.device)
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if config.use_lora and hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable,
-            lr=config.learning_rate,
-            eps=config.adam_eps,
-            weight_decay=config.weight_decay,
+        self.resume_dir = resolve_resume(config.resume_from, config.output_dir)
+        self.tokenizer = load_tokenizer(policy, tokenizer)
+        self.policy_source = str(policy) if isinstance(policy, (str, Path)) else None
+        if is_conversation(self.prompts[0]):
+            render_prompts(self.tokenizer, self.prompts[:1])  # no chat template: fail now
+        model, self.ref_model = load_policy_and_reference(
+            config, policy, self.resume_dir, self.device
         )
-        self.model, self.optimizer = self.accelerator.prepare(module, optimizer)
+        self.model, self.optimizer = build_trainable(
+            config, model, self.n_objectives, self.accelerator
+        )
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
         self.combiner = (
             combiner
             if combiner is not None
-            else _make_combiner(config, self.accelerator.num_processes)
+            else build_combiner(config, self.accelerator.num_processes, self.n_objectives)
         )
-        self.use_pama_fast_path = _is_pama(self.combiner) and config.pama_fast_path
+        self.use_pama_fast_path = is_pama(self.combiner) and config.pama_fast_path
+        # MORLHF scalarises the advantages (one PPO surrogate), not the losses.
+        self.scalarized_reward = combiner is None and config.combiner == "morlhf"
+        self.noon = uses_noon(config)
+        self.value_warmup_step = 0
+        """Value warm-up steps done (``config.value_warmup_steps``; :mod:`.warmup`)."""
+        self.value_warmup_history: list[dict[str, float]] = []
+        check_pama_route(self.combiner, config.pama_fast_path)
+        warn_processed_sampling(config)
+        self.eos_token_ids = eos_token_ids(self.policy, self.tokenizer)
+        check_accumulation(self)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
             config.kl_coef, config.target_kl, config.kl_horizon, config.adaptive_kl
@@ -171,122 +180,20 @@ class MOPPOTrainer:
         self.output_dir = Path(config.output_dir)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self._callbacks = list(callbacks)
-        self._report: _Reporter | None = None
+        self._report: Reporter | None = None
+        self.eval_history: list[dict[str, Any]] = []
+        self.best = BestCheckpoint.from_config(config, self.reward_names)
         if self.resume_dir is not None:
-            self._load_training_state(self.resume_dir)
+            load_training_state(self, self.resume_dir)
+            if self.best is not None:
+                self.best.restore()
 
     # ------------------------------------------------------------------ setup
 
-    def _resolve_names(self, names: Sequence[str] | None) -> list[str]:
-        if names is None:
-            names = [reward_name(fn, i) for i, fn in enumerate(self.reward_fns)]
-        names = [str(n) for n in names]
-        if len(names) != self.n_objectives:
-            raise ValueError(f"{len(names)} reward_names for {self.n_objectives} reward functions")
-        seen: dict[str, int] = {}
-        unique = []
-        for name in names:  # metric keys must not collide
-            seen[name] = seen.get(name, 0) + 1
-            unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
-        return unique
-
-    def _resolve_resume(self, resume_from: str | None) -> Path | None:
-        if resume_from is None:
-            return None
-        if resume_from == "latest":
-            found = find_latest_checkpoint(self.config.output_dir)
-            if found is None:
-                raise FileNotFoundError(
-                    f"resume_from='latest' but no complete checkpoint-* in {self.config.output_dir}"
-                )
-            return found
-        path = Path(resume_from)
-        if not is_checkpoint(path):
-            raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
-        return path
-
-    def _load_tokenizer(self, policy: Any, tokenizer: Any) -> Any:
-        if tokenizer is None:
-            if not isinstance(policy, (str, Path)):
-                raise ValueError("pass tokenizer= when policy is a model instance")
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError("the tokenizer has neither a pad token nor an EOS token")
-            # Response masks come from the first EOS, so pad == eos is safe here.
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
-    def _from_pretrained(self, path: str | Path) -> nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        # Never run code shipped with a checkpoint.
-        kwargs: dict[str, Any] = {"trust_remote_code": False}
-        if self.config.dtype is not None:
-            kwargs["dtype"] = "auto" if self.config.dtype == "auto" else _DTYPES[self.config.dtype]
-        return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-
-    def _load_models(self, policy: Any) -> tuple[nn.Module, nn.Module | None]:
-        """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled)."""
-        cfg = self.config
-        base = self._from_pretrained(policy) if isinstance(policy, (str, Path)) else policy
-        if cfg.disable_dropout:
-            _zero_dropout(base)
-        if cfg.use_lora:
-            from peft import LoraConfig, PeftModel, get_peft_model
-
-            if isinstance(base, PeftModel):
-                raise ValueError("pass the base model; the trainer adds the LoRA adapter itself")
-            if self.resume_dir is not None:
-                model = PeftModel.from_pretrained(
-                    base, str(self.resume_dir / "policy"), is_trainable=True
-                )
-            else:
-                from transformers.pytorch_utils import Conv1D
-
-                lora = LoraConfig(
-                    task_type="CAUSAL_LM",
-                    r=cfg.lora_r,
-                    lora_alpha=cfg.lora_alpha,
-                    lora_dropout=cfg.lora_dropout,
-                    target_modules=cfg.lora_target_modules,
-                    # GPT-2-style Conv1D layers store weights transposed.
-                    fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
-                )
-                model = get_peft_model(base, lora)
-            return model, None
-        if self.resume_dir is not None:
-            # The reference stays the initial policy; the trained weights come from the checkpoint.
-            ref = base
-            model = self._from_pretrained(self.resume_dir / "policy")
-            if cfg.disable_dropout:
-                _zero_dropout(model)
-        else:
-            model = base
-            ref = copy.deepcopy(base)
-        ref.eval().requires_grad_(False)
-        model.requires_grad_(True)
-        return model, ref
-
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
-        from transformers import GenerationConfig
-
-        cfg = self.config
-        eos = self.tokenizer.eos_token_id
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens or cfg.max_new_tokens,
-            "min_new_tokens": cfg.min_new_tokens,
-            "do_sample": do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": eos,
-            "use_cache": True,
-        }
-        if do_sample:
-            # top_k must be given explicitly: unset, generate() applies top_k=50.
-            kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-        return GenerationConfig(**kwargs)
+        eos = self.eos_token_ids
+        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+        return generation_config(self.config, self.tokenizer, **kw)
 
     @property
     def unwrapped(self) -> PolicyWithValueHeads:
@@ -309,45 +216,72 @@ class MOPPOTrainer:
 
     # ------------------------------------------------------------ the step
 
-    def sample_prompts(self, step: int) -> list[str]:
-        """This process's prompts for ``step`` (1-based): a function of (seed, step) only.
+    def step(self) -> dict[str, float]:
+        """One step of Algorithm 1; returns its metrics (also kept in ``history``)."""
+        from accelerate.utils import set_seed
 
-        Prompts are visited in a fresh random order each pass over the pool;
-        process p takes its own slice of the global batch.
+        step = self.global_step + 1
+        # Each step reseeds from (seed, step, process): a resumed run samples exactly
+        # as an uninterrupted one, whatever happened before.
+        set_seed(self.config.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index)
+        clock = PhaseClock(self.device)
+        with clock.phase("step"):
+            prompts = self.sample_prompts(step)
+            with clock.phase("generate"):
+                rollout = self.rollout(prompts)
+            with clock.phase("score"):
+                scores = self.score(rollout, step)
+            with clock.phase("advantages"):
+                batch = self.compute_advantages(rollout, scores, clock)
+            with clock.phase("update"):
+                update_stats = self.update(batch, step, clock)
+        metrics = step_metrics(self, step, batch, update_stats, clock.timings)
+        # The controller sees the KL of the batch that was just trained on.
+        self.kl_controller.update(
+            metrics["kl"], self.config.batch_size * self.accelerator.num_processes
+        )
+        self.global_step = step
+        return metrics
+
+    def sample_prompts(self, step: int) -> list[Prompt]:
+        """This process's prompts for ``step`` (1-based): a function of (seed, step) only
+        (:func:`.data.sample_prompts`)."""
+        acc = self.accelerator
+        return sample_prompts(
+            self.prompts, self.config.seed, step, self.config.batch_size,
+            acc.process_index, acc.num_processes,
+        )  # fmt: skip
+
+    def rollout(self, prompts: list[Prompt]) -> Rollout:
+        """Sample one response per prompt from the current policy.
+
+        Conversations are rendered with the chat template (generation prompt added) and
+        tokenized without adding special tokens again; ``Rollout.conversations`` keeps them.
         """
-        n_proc = self.accelerator.num_processes
-        global_batch = self.config.batch_size * n_proc
-        start = (step - 1) * global_batch + self.accelerator.process_index * self.config.batch_size
-        pool = len(self.prompts)
-        out = []
-        perm_epoch, perm = -1, None
-        for k in range(start, start + self.config.batch_size):
-            epoch = k // pool
-            if epoch != perm_epoch:
-                gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-                perm, perm_epoch = torch.randperm(pool, generator=gen).tolist(), epoch
-            out.append(self.prompts[perm[k % pool]])  # type: ignore[index]
-        return out
-
-    def rollout(self, prompts: list[str]) -> Rollout:
-        """Sample one response per prompt from the current policy."""
         self.model.eval()
+        chat = bool(prompts) and is_conversation(prompts[0])
         with self.accelerator.autocast():
-            return generate_rollout(
+            rollout = generate_rollout(
                 self.policy,
                 self.tokenizer,
-                prompts,
+                render_prompts(self.tokenizer, prompts),
                 self.generation_config,
                 device=self.device,
                 max_prompt_length=self.config.max_prompt_length,
+                add_special_tokens=not chat,
             )
+        if chat:
+            rollout.conversations = list(prompts)
+        return rollout
 
     def score(self, rollout: Rollout, step: int | None = None) -> torch.Tensor:
-        """Scores ``[n, B]`` on the device; see :func:`~paretoopt.integrations.hf.rewards.score_batch`."""
+        """Scores ``[n, B]`` on the device (see :func:`.rewards.score_batch`)."""
+        # Functions taking ``prompt_texts`` also get the text the policy saw.
+        fns = [bind_prompt_texts(fn, rollout.prompts) for fn in self.reward_fns]
         scores = score_batch(
-            self.reward_fns,
+            fns,
             self.reward_names,
-            rollout.prompts,
+            rollout.conversations or rollout.prompts,
             rollout.responses,
             step=self.global_step + 1 if step is None else step,
         )
@@ -356,10 +290,21 @@ class MOPPOTrainer:
         return scores.to(self.device)
 
     @torch.no_grad()
+    def compute_advantages(
+        self, rollout: Rollout, scores: torch.Tensor, clock: PhaseClock | None = None
+    ) -> RolloutBatch:
+        """Lines 4-7 of the step: forward pass, KL-penalised rewards, GAE, combination."""
+        fwd = self.forward_rollout(rollout)
+        rewards, kl = self.kl_penalized_rewards(scores, fwd, rollout.mask)
+        raw, returns = self.per_objective_gae(rewards, fwd["values"], rollout.mask)
+        return self.combine(rollout, scores, fwd, raw, returns, kl, clock)
+
+    @torch.no_grad()
     def forward_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Log-probs under the policy and the reference, and the n values, in mini-batches."""
+        """Log-probs under the policy and the reference, and the n values, in chunks of
+        ``forward_chunk_size`` sequences (default ``mini_batch_size``)."""
         self.model.eval()
-        mb = self.config.mini_batch_size
+        mb = self.config.forward_chunk_size or self.config.mini_batch_size
         parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "ref_logprobs": []}
         temperature = self.config.temperature
         for lo in range(0, rollout.input_ids.shape[0], mb):
@@ -385,40 +330,51 @@ class MOPPOTrainer:
             "values": torch.cat(parts["values"], dim=1),
         }
 
-    @torch.no_grad()
-    def compute_advantages(
-        self, rollout: Rollout, scores: torch.Tensor, timings: dict[str, float] | None = None
-    ) -> RolloutBatch:
-        """KL-penalised rewards, per-objective GAE, normalisation, Noon clip, PAMA's s*."""
-        from paretoopt import noon_clip, pama_advantages, pama_stats
-
-        cfg = self.config
-        fwd = self.forward_rollout(rollout)
-        mask = rollout.mask
-        rewards, kl = kl_penalized_rewards(
+    def kl_penalized_rewards(
+        self, scores: torch.Tensor, fwd: dict[str, torch.Tensor], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token rewards ``[n, B, T]`` (score at the last token, minus beta * KL) and KL."""
+        return kl_penalized_rewards(
             scores, fwd["logprobs"], fwd["ref_logprobs"], mask, self.kl_controller.value
         )
-        raw, returns = gae(rewards, fwd["values"], mask, cfg.gamma, cfg.gae_lambda)
-        normalized = normalize_advantages(
-            raw, mask, cfg.advantage_normalization, gather=self.accelerator.gather
-        )
-        advantages = noon_clip(normalized) * mask.unsqueeze(0)
+
+    def per_objective_gae(
+        self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw advantages and returns ``[n, B, T]``, one GAE per objective and value head."""
+        return gae(rewards, values, mask, self.config.gamma, self.config.gae_lambda)
+
+    def combine(
+        self,
+        rollout: Rollout,
+        scores: torch.Tensor,
+        fwd: dict[str, torch.Tensor],
+        raw: torch.Tensor,
+        returns: torch.Tensor,
+        kl: torch.Tensor,
+        clock: PhaseClock | None = None,
+    ) -> RolloutBatch:
+        """Normalisation, Noon clip and, for PAMA's fast path, the closed form ``s*``."""
+        from paretoopt import noon_clip, pama_stats
+
+        cfg = self.config
+        mask = rollout.mask
+        gather = self.accelerator.gather
+        normalized = normalize_advantages(raw, mask, cfg.advantage_normalization, gather=gather)
+        advantages = (noon_clip(normalized) if self.noon else normalized) * mask.unsqueeze(0)
         extra: dict[str, Any] = {}
-        if _is_pama(self.combiner):
-            # Diagnostics on the normalised, not yet clipped advantages (conflict = signs differ).
-            extra["pama_stats"] = pama_stats(normalized, mask, noon=True)
-        if self.use_pama_fast_path:
-            t0 = _now(self.device)
-            s_star, weights = pama_advantages(
-                advantages,
-                mask,
-                granularity=getattr(self.combiner, "granularity", cfg.pama_granularity),
-                noon=True,
-                return_weights=True,
+        if self.scalarized_reward:
+            extra["scalar_advantages"] = scalarize_advantages(
+                raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
             )
-            if timings is not None:
-                timings["time/combine"] = timings.get("time/combine", 0.0) + _now(self.device) - t0
-            extra.update(s_star=s_star, pama_weights=weights)
+        if is_pama(self.combiner):
+            with (clock or PhaseClock(self.device)).add("combine"):
+                granularity = getattr(self.combiner, "granularity", cfg.pama_granularity)
+                s_star, weights = pama_targets(advantages, mask, granularity, noon=self.noon)
+            # Diagnostics of the s* trained on; conflict from the normalised, unclipped signs.
+            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon, weights=weights)
+            if self.use_pama_fast_path:
+                extra.update(s_star=s_star, pama_weights=weights)
         return RolloutBatch(
             rollout,
             scores,
@@ -432,252 +388,13 @@ class MOPPOTrainer:
             **extra,
         )
 
-    def policy_loss(
-        self,
-        out: dict[str, torch.Tensor],
-        batch: RolloutBatch,
-        idx: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
-        """The combined policy loss of one mini-batch; its weights [n] and stats.
-
-        PAMA fast path: the Noon PPO surrogate with advantage ``s*`` (one
-        backward).  Otherwise the n per-objective Noon PPO losses go to the
-        combiner, with ``shared=`` the last hidden states (MGDA-UB), the
-        per-token log-probs (generic PAMA), or ``params=`` the trainable policy
-        parameters (exact MGDA).
-        """
-        from paretoopt.losses import ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
-
-        cfg = self.config
-        mask = batch.mask[idx]
-        anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
-        scale = self._dp_loss_scale(mask)
-        if self.use_pama_fast_path:
-            assert batch.s_star is not None
-            loss = ppo_surrogate(
-                out["logprobs"], anchor, batch.s_star[idx], mask, cliprange=cfg.cliprange
-            )
-            return loss * scale, None, {}
-        advantages = batch.advantages[:, idx]
-        requires = getattr(self.combiner, "requires", None)
-        kwargs: dict[str, Any] = {}
-        if _is_pama(self.combiner):
-            # Generic PAMA: the per-token ratio u is the shared tensor (DESIGN section 2).
-            u = ratio(out["logprobs"], anchor)
-            losses = ppo_losses_from_ratio(u, advantages, mask, cliprange=cfg.cliprange, noon=True)
-            kwargs["shared"] = u
-        else:
-            losses = ppo_losses(
-                out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=True
-            )
-        losses = losses * scale
-        if requires == "shared" and "shared" not in kwargs:
-            # MGDA-UB: the last hidden states; only response positions get nonzero gradients.
-            kwargs["shared"] = out["hidden_full"]
-        elif requires == "params":
-            kwargs["params"] = [p for p in self.policy.parameters() if p.requires_grad]
-        result = self.combiner(list(losses.unbind(0)), **kwargs)
-        stats = {
-            self._named_key(k): float(v)
-            for k, v in (result.stats or {}).items()
-            if _is_number(v) and not k.startswith("weight/")  # weights are logged by name
-        }
-        stats.update(
-            {
-                f"loss/objective/{self.reward_names[i]}": float(v)
-                for i, v in enumerate(losses.detach())
-            }
-        )
-        return result.loss, result.weights, stats
-
-    def _dp_loss_scale(self, mask: torch.Tensor) -> float | torch.Tensor:
-        """Under data parallelism, ``W c_r / sum_q c_q`` (c = valid tokens per process).
-
-        Each loss is a mean over this process's tokens and DDP averages gradients
-        over processes; the factor makes that average the global token mean, so W
-        processes take the single-process step.  Collective: every process runs
-        the same number of mini-batches.  1 on one process.
-        """
-        if self.accelerator.num_processes == 1:
-            return 1.0
-        from paretoopt.integrations.distributed import dp_loss_scale
-
-        return dp_loss_scale(mask).to(torch.float32)
-
-    def _named_key(self, key: str) -> str:
-        """``"loss_weight/1"`` -> ``"loss_weight/<name of objective 1>"``."""
-        head, sep, tail = key.rpartition("/")
-        if sep and tail.isdigit() and int(tail) < self.n_objectives:
-            return f"{head}/{self.reward_names[int(tail)]}"
-        return key
-
-    def update(self, batch: RolloutBatch, step: int, timings: dict[str, float]) -> dict[str, float]:
-        """PPO epochs over shuffled mini-batches; returns averaged loss statistics."""
-        cfg = self.config
-        self.model.train()
-        size = batch.mask.shape[0]
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-        sums: dict[str, float] = {}
-        weight_sum = torch.zeros(self.n_objectives, dtype=torch.float64)
-        n_updates = 0
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(size, generator=gen).to(self.device)
-            for lo in range(0, size, cfg.mini_batch_size):
-                idx = order[lo : lo + cfg.mini_batch_size]
-                out = self.model(
-                    batch.rollout.input_ids[idx],
-                    batch.rollout.attention_mask[idx],
-                    batch.rollout.response_start,
-                    temperature=cfg.temperature,
-                    detach_value_input=cfg.detach_value_input,
-                )
-                t0 = _now(self.device)
-                pg_loss, weights, stats = self.policy_loss(out, batch, idx)
-                timings["time/combine"] = timings.get("time/combine", 0.0) + _now(self.device) - t0
-                mask = batch.mask[idx]
-                vf_loss = clipped_value_loss(
-                    out["values"],
-                    batch.values[:, idx],
-                    batch.returns[:, idx],
-                    mask,
-                    cfg.cliprange_value,
-                )
-                loss = pg_loss + cfg.vf_coef * vf_loss * self._dp_loss_scale(mask)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {step} (policy {float(pg_loss)}, "
-                        f"value {float(vf_loss)})"
-                    )
-                self.accelerator.backward(loss)
-                if cfg.max_grad_norm is not None:
-                    norm = self.accelerator.clip_grad_norm_(
-                        self.model.parameters(), cfg.max_grad_norm
-                    )
-                    stats["grad_norm"] = float(norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
-                    ratio = torch.exp(out["logprobs"].detach() - anchor)
-                    clipped = ((ratio - 1.0).abs() > cfg.cliprange).to(ratio.dtype)
-                    stats["policy/ratio_mean"] = float(masked_mean(ratio, mask))
-                    stats["policy/clipfrac"] = float(masked_mean(clipped, mask))
-                stats["loss/policy"] = float(pg_loss.detach())
-                stats["loss/value"] = float(vf_loss.detach())
-                stats["loss/total"] = float(loss.detach())
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                if weights is not None:
-                    weight_sum += weights.detach().to("cpu", torch.float64).reshape(-1)
-                n_updates += 1
-        out_stats = {k: v / n_updates for k, v in sums.items()}
-        if not self.use_pama_fast_path:
-            mean_w = weight_sum / n_updates
-            for i, name in enumerate(self.reward_names):
-                out_stats[f"weights/{name}"] = float(mean_w[i])
-        return out_stats
-
-    def step(self) -> dict[str, float]:
-        """One full training step; returns its metrics (also logged)."""
-        from accelerate.utils import set_seed
-
-        step = self.global_step + 1
-        # Each step reseeds from (seed, step, process): a resumed run samples exactly
-        # as an uninterrupted one, whatever happened before.
-        set_seed(self.config.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index)
-        timings: dict[str, float] = {}
-        t_step = _now(self.device)
-        prompts = self.sample_prompts(step)
-
-        t0 = _now(self.device)
-        rollout = self.rollout(prompts)
-        timings["time/generate"] = _now(self.device) - t0
-
-        t0 = _now(self.device)
-        scores = self.score(rollout, step)
-        timings["time/score"] = _now(self.device) - t0
-
-        t0 = _now(self.device)
-        batch = self.compute_advantages(rollout, scores, timings)
-        timings["time/advantages"] = _now(self.device) - t0
-
-        t0 = _now(self.device)
-        update_stats = self.update(batch, step, timings)
-        timings["time/update"] = _now(self.device) - t0
-        timings["time/step"] = _now(self.device) - t_step
-
-        metrics = self._step_metrics(step, batch, update_stats, timings)
-        # The controller sees the KL of the batch that was just trained on.
-        self.kl_controller.update(
-            metrics["kl"], self.config.batch_size * self.accelerator.num_processes
-        )
-        self.global_step = step
-        return metrics
-
-    def _step_metrics(
-        self,
-        step: int,
-        batch: RolloutBatch,
-        update_stats: dict[str, float],
-        timings: dict[str, float],
+    def update(
+        self, batch: RolloutBatch, step: int, clock: PhaseClock | dict[str, float] | None = None
     ) -> dict[str, float]:
-        """Per-step metrics, averaged over all processes."""
-        gather = self.accelerator.gather
-        mask = batch.mask.to(torch.float32)
-        lengths = mask.sum(dim=1)
-        seq_kl = batch.kl.sum(dim=1)
-        per_sample = torch.cat([batch.scores.T, seq_kl[:, None], lengths[:, None]], dim=1)
-        per_sample = gather(per_sample.float().contiguous())
-        metrics: dict[str, float] = {"step": float(step)}
-        for i, name in enumerate(self.reward_names):
-            metrics[f"reward/{name}"] = float(per_sample[:, i].mean())
-        metrics["kl"] = float(per_sample[:, self.n_objectives].mean())
-        metrics["kl_coef"] = self.kl_controller.value
-        metrics["response_length"] = float(per_sample[:, self.n_objectives + 1].mean())
-        # Token-level metrics: means over this process's valid tokens ...
-        token_means: dict[str, float] = {}
-        for i, name in enumerate(self.reward_names):
-            token_means[f"advantage/{name}"] = float(
-                masked_mean(batch.raw_advantages[i], batch.mask)
-            )
-        stats = batch.pama_stats
-        for i, name in enumerate(self.reward_names):
-            rate = stats.get(f"binding_rate/{i}")
-            if rate is not None:
-                token_means[f"binding_rate/{name}"] = float(rate)
-        for key in ("conflict_rate", "zero_rate", "mean_s_star"):
-            if key in stats:
-                token_means[key] = float(stats[key])
-        if self.use_pama_fast_path:
-            assert batch.pama_weights is not None
-            for i, name in enumerate(self.reward_names):
-                w = batch.pama_weights[i]
-                if w.shape == batch.mask.shape:
-                    token_means[f"weights/{name}"] = float(masked_mean(w.float(), batch.mask))
-                else:
-                    token_means[f"weights/{name}"] = float(w.float().mean())
-        if self.accelerator.num_processes > 1 and token_means:
-            # ... and over all processes, each weighted by its number of valid tokens.
-            keys = sorted(token_means)
-            count = float(batch.mask.sum())
-            local = torch.tensor(
-                [[token_means[k] * count for k in keys] + [count]],
-                dtype=torch.float64,
-                device=self.device,
-            )
-            total = gather(local).sum(dim=0)
-            token_means = {
-                k: float(total[j] / total[-1].clamp_min(1.0)) for j, k in enumerate(keys)
-            }
-        metrics.update(token_means)
-        # Loss statistics are per process; average them across processes.
-        keys = sorted(update_stats)
-        if keys:
-            local = torch.tensor([[update_stats[k] for k in keys]], device=self.device)
-            averaged = gather(local).mean(dim=0).tolist()
-            metrics.update(dict(zip(keys, averaged, strict=True)))
-        metrics.update(timings)
-        return metrics
+        """PPO epochs over shuffled mini-batches (:func:`.update.ppo_update`)."""
+        if not isinstance(clock, PhaseClock):
+            clock = PhaseClock(self.device, clock)
+        return ppo_update(self, batch, step, clock)
 
     # -------------------------------------------------------------- training
 
@@ -687,7 +404,7 @@ class MOPPOTrainer:
         is_main = self.accelerator.is_main_process
         if is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._report = _Reporter(self, self._callbacks) if is_main else None
+        self._report = Reporter(self, self._callbacks) if is_main else None
         if self._report is not None:
             self._report.on_train_begin()
         bar = None
@@ -696,6 +413,10 @@ class MOPPOTrainer:
 
             bar = tqdm(total=cfg.steps, initial=self.global_step, desc="moppo", dynamic_ncols=True)
         try:
+            if self.global_step == 0 and self.value_warmup_step < cfg.value_warmup_steps:
+                run_value_warmup(self)
+                if cfg.save_every:
+                    self.save_checkpoint()  # checkpoint-0: a resumed run skips the warm-up
             while self.global_step < cfg.steps:
                 metrics = self.step()
                 self.log(metrics)
@@ -708,10 +429,19 @@ class MOPPOTrainer:
                     }
                     shown["kl"] = f"{metrics['kl']:.3g}"
                     bar.set_postfix(shown)
+                if cfg.eval_every and self.global_step % cfg.eval_every == 0:
+                    self.run_evaluation()
                 if cfg.save_every and self.global_step % cfg.save_every == 0:
                     self.save_checkpoint()
+            evaluated = (
+                bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
+            )
+            if self.eval_prompts is not None and not evaluated:
+                self.run_evaluation()
             if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
                 self.save_checkpoint()
+            if cfg.export_dir is not None:
+                self.export(cfg.export_dir, merged=cfg.export_merged)
         finally:
             if bar is not None:
                 bar.close()
@@ -719,227 +449,52 @@ class MOPPOTrainer:
                 self._report.on_train_end()
         return self.history
 
+    def evaluate(self, prompts: Sequence[Prompt] | Any = None) -> EvalResult:
+        """Held-out rewards and hypervolumes of the current policy on ``prompts`` (default
+        ``eval_prompts``); see :func:`.evaluation.evaluate_trainer`."""
+        return evaluate_trainer(self, prompts)
+
+    def run_evaluation(self) -> EvalResult:
+        """Evaluate, log (``OUTPUT_DIR/eval.jsonl``, ``eval/*`` metrics to ``report_to``) and
+        update the best checkpoint."""
+        return run_evaluation(self)
+
+    def export(self, directory: str | Path, merged: bool = False) -> Path:
+        """The shipped model (adapter, merged weights on request, tokenizer, model card) in
+        ``directory`` (:func:`.export.export_model`); the card shows the last evaluation."""
+        from .export import export_model
+
+        last = self.eval_history[-1] if self.eval_history else None
+        return export_model(self, directory, merged=merged, eval_metrics=last)
+
+    def log_value_warmup(self, metrics: dict[str, float]) -> None:
+        """A warm-up step's metrics: kept apart from ``history``, logged with ``step`` 0."""
+        self.value_warmup_history.append(metrics)
+        if not self.accelerator.is_main_process:
+            return
+        if self.config.log_jsonl:
+            append_jsonl(self.metrics_path, metrics)
+        if self._report is not None:
+            self._report.on_log(metrics)
+
     def log(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
         if not self.accelerator.is_main_process:
             return
         if self.config.log_jsonl:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
-                handle.flush()
+            append_jsonl(self.metrics_path, metrics)
         if self._report is not None:
             self._report.on_log(metrics)
 
-    @torch.no_grad()
     def generate(
-        self,
-        prompts: Sequence[str],
-        max_new_tokens: int | None = None,
-        do_sample: bool = False,
+        self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, do_sample: bool = False
     ) -> list[str]:
-        """Responses only (no prompt), greedy by default; in batches of ``batch_size``."""
-        config = self._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
-        self.model.eval()
-        texts: list[str] = []
-        prompts = list(prompts)
-        for lo in range(0, len(prompts), self.config.batch_size):
-            with self.accelerator.autocast():
-                roll = generate_rollout(
-                    self.policy,
-                    self.tokenizer,
-                    prompts[lo : lo + self.config.batch_size],
-                    config,
-                    device=self.device,
-                    max_prompt_length=self.config.max_prompt_length,
-                )
-            texts.extend(roll.responses)
-        return texts
+        """Responses only (no prompt), greedy by default, in batches of ``batch_size``;
+        conversations rendered with the chat template as in training."""
+        return generate_responses(self, prompts, max_new_tokens, do_sample)
 
-    # ------------------------------------------------------------ checkpoints
-
-    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
+    def save_checkpoint(
+        self, directory: str | Path | None = None, extra_files: dict[str, str] | None = None
+    ) -> Path:
         """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically."""
-        from safetensors.torch import save_file
-
-        target = (
-            Path(directory) if directory else self.output_dir / f"checkpoint-{self.global_step}"
-        )
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            unwrapped = self.unwrapped
-
-            def write(tmp: Path) -> None:
-                unwrapped.policy.save_pretrained(str(tmp / "policy"))
-                self.tokenizer.save_pretrained(str(tmp / "policy"))
-                heads = {
-                    k: v.detach().contiguous().cpu()
-                    for k, v in unwrapped.value_heads.state_dict().items()
-                }
-                save_file(heads, str(tmp / "value_heads.safetensors"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(capture_rng_state(), tmp / "rng_state.pt")
-                state = {
-                    "version": _CHECKPOINT_VERSION,
-                    "step": self.global_step,
-                    "kl_controller": self.kl_controller.state_dict(),
-                    "reward_names": self.reward_names,
-                    "n_objectives": self.n_objectives,
-                    "use_lora": self.config.use_lora,
-                    "config": self.config.to_dict(),
-                    "history": self.history,
-                }
-                (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-
-            atomic_write_dir(target, write)
-        self.accelerator.wait_for_everyone()
-        return target
-
-    def _load_training_state(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = json.loads((folder / STATE_FILE).read_text())
-        if state.get("n_objectives") != self.n_objectives:
-            raise ValueError(
-                f"checkpoint {folder} has {state.get('n_objectives')} objectives, "
-                f"this trainer has {self.n_objectives}"
-            )
-        if bool(state.get("use_lora")) != self.config.use_lora:
-            raise ValueError(f"checkpoint {folder} use_lora={state.get('use_lora')} differs")
-        heads = load_file(str(folder / "value_heads.safetensors"), device=str(self.device))
-        self.unwrapped.value_heads.load_state_dict(heads)
-        optim_state = torch.load(
-            folder / "optimizer.pt", map_location=self.device, weights_only=True
-        )
-        self.optimizer.load_state_dict(optim_state)
-        self.kl_controller.load_state_dict(state["kl_controller"])
-        self.global_step = int(state["step"])
-        self.history = list(state.get("history", []))
-        rng_path = folder / "rng_state.pt"
-        if rng_path.is_file():
-            restore_rng_state(torch.load(rng_path, weights_only=True))
-        if self.accelerator.is_main_process and self.metrics_path.is_file():
-            # Lines from steps after the checkpoint belong to a run that is being redone.
-            kept = [
-                line
-                for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.global_step
-            ]
-            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.metrics_path)
-
-
-class _Reporter:
-    """Feeds step metrics to transformers reporting callbacks (``report_to``)."""
-
-    def __init__(self, trainer: MOPPOTrainer, extra: Sequence[Any]) -> None:
-        self.trainer = trainer
-        self.callbacks: list[Any] = list(extra)
-        self.args = self.state = self.control = None
-        report_to = list(trainer.config.report_to)
-        if not report_to and not self.callbacks:
-            return
-        from transformers import TrainerControl, TrainerState, TrainingArguments
-        from transformers.integrations import get_reporting_integration_callbacks
-
-        for cls in get_reporting_integration_callbacks(report_to):
-            self.callbacks.append(cls())
-        self.args = TrainingArguments(
-            output_dir=str(trainer.output_dir),
-            report_to=report_to or "none",
-            logging_steps=1,
-            max_steps=trainer.config.steps,
-            seed=trainer.config.seed,
-            learning_rate=trainer.config.learning_rate,
-            use_cpu=trainer.device.type == "cpu",
-            # Reuse the trainer's accelerate state; by default TrainingArguments resets it.
-            accelerator_config={"use_configured_state": True},
-        )
-        self.state = TrainerState(max_steps=trainer.config.steps, global_step=trainer.global_step)
-        self.state.is_world_process_zero = True
-        self.state.is_local_process_zero = True
-        self.control = TrainerControl()
-
-    def _call(self, event: str, **kwargs: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, event)(self.args, self.state, self.control, **kwargs)
-
-    def on_train_begin(self) -> None:
-        if self.callbacks:
-            self._call(
-                "on_train_begin",
-                model=self.trainer.policy,
-                processing_class=self.trainer.tokenizer,
-            )
-
-    def on_log(self, metrics: dict[str, float]) -> None:
-        if not self.callbacks:
-            return
-        self.state.global_step = int(metrics["step"])
-        logs = {k: v for k, v in metrics.items() if k != "step"}
-        self.state.log_history.append({**logs, "step": self.state.global_step})
-        self._call("on_log", logs=logs, model=self.trainer.policy)
-
-    def on_train_end(self) -> None:
-        if self.callbacks:
-            self._call("on_train_end", model=self.trainer.policy)
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _now(device: torch.device) -> float:
-    # Kernels are asynchronous on GPUs: synchronise so each phase is charged its own time.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_pama(combiner: Any) -> bool:
-    from paretoopt import PAMA
-
-    return isinstance(combiner, PAMA)
-
-
-def _make_combiner(config: MOPPOConfig, num_processes: int = 1) -> Any:
-    from paretoopt import make_combiner
-
-    kwargs = dict(config.combiner_kwargs)
-    if config.combiner == "pama":
-        kwargs.setdefault("granularity", config.pama_granularity)
-    if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
-        # MGDA's Gram matrix does not decompose over processes: reduce it globally.
-        from paretoopt.integrations.distributed import DistributedMGDA
-
-        mode = "params" if config.combiner == "mgda" else "shared"
-        return DistributedMGDA(mode=kwargs.pop("mode", mode), **kwargs)
-    return make_combiner(config.combiner, **kwargs)
-
-
-def _hidden_size(model: nn.Module) -> int:
-    config = model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if size is None:
-        raise ValueError("cannot find the policy's hidden size in its config")
-    return int(size)
-
-
-def _zero_dropout(model: nn.Module) -> None:
-    """Dropout off in the base model: rollout and update log-probs then agree."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-    config = getattr(model, "config", None)
-    for key in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "dropout", "attention_dropout"):
-        if config is not None and hasattr(config, key):
-            setattr(config, key, 0.0)
+        return save_checkpoint(self, directory, extra_files)

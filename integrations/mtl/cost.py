@@ -5,7 +5,8 @@ Adam's step. Steps of all methods are interleaved in a random order per round, s
 shared machine hits all of them alike; the ratio reported is the median over rounds of
 ``time(method) / time(linear)`` within the round. Peak memory is the allocator's peak above what
 was live before the step (parameters, Adam state, the batch), read from ``torch.profiler``'s
-allocation events on the CPU (``max_memory_allocated`` on CUDA).
+allocation events on the CPU (:func:`paretoopt.integrations.bench.lib.peak_allocated_bytes`;
+the study runs on the CPU even where a GPU is present).
 """
 
 from __future__ import annotations
@@ -18,35 +19,11 @@ from typing import Any
 
 import torch
 
+from ..bench.lib import peak_allocated_bytes
 from .digits import SharedTrunk, load_data, task_losses
 from .methods import METHODS, apply_method, make_method
 
-__all__ = ["measure_costs", "peak_allocated_bytes"]
-
-
-def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes allocated by torch during ``fn()`` above what was live before it."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
-    cur = peak = 0
-    for _, nbytes in events:
-        cur += nbytes
-        peak = max(peak, cur)
-    return int(peak)
+__all__ = ["measure_costs"]
 
 
 def _stepper(method: str, hidden: int, width: int, batch: int, seed: int) -> Callable[[], None]:

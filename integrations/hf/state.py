@@ -1,0 +1,119 @@
+"""The trainer's full state on disk: save a checkpoint atomically, load one to resume exactly.
+
+A checkpoint holds the policy (or its LoRA adapter) and tokenizer, the value heads
+(safetensors), the optimizer and RNG states (``torch.save``, loaded with
+``weights_only=True``) and ``trainer_state.json`` (step, KL controller, config, history),
+written last; see :mod:`.checkpoint` for the layout and the atomic write.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .checkpoint import STATE_FILE, atomic_write_dir, capture_rng_state, restore_rng_state
+
+if TYPE_CHECKING:
+    from .trainer import MOPPOTrainer
+
+__all__ = ["CHECKPOINT_VERSION", "load_training_state", "save_checkpoint"]
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(
+    trainer: MOPPOTrainer,
+    directory: str | Path | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically.
+
+    ``extra_files`` (name -> text) are written into the same folder before it appears, e.g.
+    the evaluation that made it the best checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    target = (
+        Path(directory) if directory else trainer.output_dir / f"checkpoint-{trainer.global_step}"
+    )
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = trainer.unwrapped
+
+        def write(tmp: Path) -> None:
+            unwrapped.policy.save_pretrained(str(tmp / "policy"))
+            trainer.tokenizer.save_pretrained(str(tmp / "policy"))
+            heads = {
+                k: v.detach().contiguous().cpu()
+                for k, v in unwrapped.value_heads.state_dict().items()
+            }
+            save_file(heads, str(tmp / "value_heads.safetensors"))
+            torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(capture_rng_state(), tmp / "rng_state.pt")
+            state = {
+                "version": CHECKPOINT_VERSION,
+                "step": trainer.global_step,
+                "kl_controller": trainer.kl_controller.state_dict(),
+                "reward_names": trainer.reward_names,
+                "n_objectives": trainer.n_objectives,
+                "use_lora": trainer.config.use_lora,
+                "config": trainer.config.to_dict(),
+                "history": trainer.history,
+                "eval_history": getattr(trainer, "eval_history", []),
+                "value_warmup_step": trainer.value_warmup_step,
+                "value_warmup_history": trainer.value_warmup_history,
+            }
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+        atomic_write_dir(target, write)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
+    """Restore value heads, optimizer, KL controller, step, history and RNG from ``folder``.
+
+    The policy weights themselves are loaded with the model (:mod:`.models`).
+    """
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE_FILE).read_text())
+    if state.get("n_objectives") != trainer.n_objectives:
+        raise ValueError(
+            f"checkpoint {folder} has {state.get('n_objectives')} objectives, "
+            f"this trainer has {trainer.n_objectives}"
+        )
+    if bool(state.get("use_lora")) != trainer.config.use_lora:
+        raise ValueError(f"checkpoint {folder} use_lora={state.get('use_lora')} differs")
+    heads = load_file(str(folder / "value_heads.safetensors"), device=str(trainer.device))
+    trainer.unwrapped.value_heads.load_state_dict(heads)
+    optim_state = torch.load(
+        folder / "optimizer.pt", map_location=trainer.device, weights_only=True
+    )
+    trainer.optimizer.load_state_dict(optim_state)
+    trainer.kl_controller.load_state_dict(state["kl_controller"])
+    trainer.global_step = int(state["step"])
+    trainer.history = list(state.get("history", []))
+    trainer.eval_history = list(state.get("eval_history", []))
+    trainer.value_warmup_step = int(state.get("value_warmup_step", 0))
+    trainer.value_warmup_history = list(state.get("value_warmup_history", []))
+    rng_path = folder / "rng_state.pt"
+    if rng_path.is_file():
+        restore_rng_state(torch.load(rng_path, weights_only=True))
+    metrics_path = trainer.metrics_path
+    if trainer.accelerator.is_main_process and metrics_path.is_file():
+        # Lines from steps after the checkpoint belong to a run that is being redone.
+        kept = [
+            line
+            for line in metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= trainer.global_step
+        ]
+        tmp = metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(metrics_path)

@@ -1,0 +1,333 @@
+"""The PPO set-up of the trainer: the literature's MORLHF and its per-loss variants, Noon as a
+switch, MGDA's normalisation, the value warm-up and the per-objective value error."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from hf_fixtures import PROMPTS, make_tiny_lm
+from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
+from paretoopt.integrations.hf.advantages import gae, kl_penalized_rewards, scalarize_advantages
+from paretoopt.integrations.hf.metrics import value_error_metrics
+from paretoopt.integrations.hf.update import policy_loss
+from paretoopt.integrations.hf.warmup import run_value_warmup
+
+pytestmark = pytest.mark.hf
+
+length_words = make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words")
+
+
+def good_rate(prompts: list[str], responses: list[str]) -> list[float]:
+    return [r.split().count("good") / max(1, len(r.split())) for r in responses]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm_ppo"))
+
+
+def config(tmp_path: Path, **overrides) -> MOPPOConfig:
+    base = dict(
+        steps=1,
+        batch_size=8,
+        mini_batch_size=4,
+        ppo_epochs=1,
+        max_new_tokens=8,
+        learning_rate=3e-3,
+        kl_coef=0.05,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        save_final=False,
+        log_jsonl=False,
+    )
+    base.update(overrides)
+    return MOPPOConfig(**base)
+
+
+def trainer_for(path: Path, cfg: MOPPOConfig, rewards=None) -> MOPPOTrainer:
+    rewards = rewards if rewards is not None else [length_words, good_rate]
+    names = ["len", "other", "third"][: len(rewards)]
+    return MOPPOTrainer(cfg, str(path), prompts=PROMPTS, rewards=rewards, reward_names=names)
+
+
+# ----------------------------------------------------------------- the mathematics of MORLHF
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 10_000), st.integers(1, 4), st.floats(0.0, 1.0), st.floats(0.5, 1.0))
+def test_weighted_gae_is_gae_on_the_scalarised_reward(
+    seed: int, n: int, gamma: float, lam: float
+) -> None:
+    """sum_i w_i GAE(r_i, V_i) = GAE(sum_i w_i r_i, sum_i w_i V_i): GAE is linear."""
+    gen = torch.Generator().manual_seed(seed)
+    b, t = 3, 7
+    rewards = torch.randn(n, b, t, generator=gen, dtype=torch.float64)
+    values = torch.randn(n, b, t, generator=gen, dtype=torch.float64)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    for row, length in enumerate(torch.randint(1, t + 1, (b,), generator=gen).tolist()):
+        mask[row, length:] = False
+    w = torch.rand(n, generator=gen, dtype=torch.float64)
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    scalar_adv, scalar_ret = gae(
+        (w.view(-1, 1, 1) * rewards).sum(0, keepdim=True),
+        (w.view(-1, 1, 1) * values).sum(0, keepdim=True),
+        mask,
+        gamma,
+        lam,
+    )
+    torch.testing.assert_close((w.view(-1, 1, 1) * adv).sum(0), scalar_adv[0])
+    torch.testing.assert_close((w.view(-1, 1, 1) * ret).sum(0), scalar_ret[0])
+
+
+def test_trainer_morlhf_advantage_is_gae_on_the_scalarised_reward(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    """The trainer's MORLHF advantage, recomputed from its own rollout the textbook way."""
+    cfg = config(tmp_path, combiner="morlhf", combiner_weights=[0.3, 0.7], kl_coef=0.2)
+    trainer = trainer_for(tiny_lm, cfg)
+    rollout = trainer.rollout(trainer.sample_prompts(1))
+    scores = trainer.score(rollout, 1)
+    fwd = trainer.forward_rollout(rollout)
+    batch = trainer.compute_advantages(rollout, scores)
+    # Make the KL term nonzero so that it enters the scalarised reward too.
+    logprobs = fwd["logprobs"] + 0.1 * torch.randn_like(fwd["logprobs"])
+    rewards, _ = kl_penalized_rewards(scores, logprobs, fwd["ref_logprobs"], rollout.mask, 0.2)
+    raw, _ = gae(rewards, fwd["values"], rollout.mask, cfg.gamma, cfg.gae_lambda)
+    w = torch.tensor([0.3, 0.7])
+    scalar_reward = kl_penalized_rewards(
+        (w[:, None] * scores).sum(0, keepdim=True), logprobs, fwd["ref_logprobs"], rollout.mask, 0.2
+    )[0]
+    scalar_value = (w.view(-1, 1, 1) * fwd["values"]).sum(0, keepdim=True)
+    expected, _ = gae(scalar_reward, scalar_value, rollout.mask, cfg.gamma, cfg.gae_lambda)
+    got = scalarize_advantages(raw, trainer.combiner.weights, rollout.mask)
+    torch.testing.assert_close(got, expected[0], rtol=1e-5, atol=1e-6)
+    # And the batch the update reads carries exactly this advantage (KL 0 at step 1).
+    raw0, _ = gae(
+        kl_penalized_rewards(scores, fwd["logprobs"], fwd["ref_logprobs"], rollout.mask, 0.2)[0],
+        fwd["values"],
+        rollout.mask,
+        cfg.gamma,
+        cfg.gae_lambda,
+    )
+    assert batch.scalar_advantages is not None
+    torch.testing.assert_close(
+        batch.scalar_advantages, scalarize_advantages(raw0, trainer.combiner.weights, rollout.mask)
+    )
+    assert bool((batch.scalar_advantages < 0).any())  # signed: no Noon clipping
+
+
+# ------------------------------------------------------ morlhf vs linear_noon vs linear
+
+
+CASES = {
+    # name: (config overrides, d loss / d logprob per valid token x count, at u = 1 and u = 1.3)
+    "morlhf": (dict(combiner="morlhf"), 1.0, 1.3),
+    "linear_noon": (dict(combiner="linear_noon"), -0.5, 0.0),
+    "linear": (dict(combiner="linear", noon=False), 1.0, 1.95),
+    "linear+noon": (dict(combiner="linear", noon=True), -0.5, 0.0),
+}
+
+
+def test_morlhf_linear_noon_and_linear_differ_as_documented(tiny_lm: Path, tmp_path: Path) -> None:
+    """A_len = +1, A_other = -3 on every token, weights 0.5/0.5, ratio to pi_old.
+
+    At u = 1: MORLHF's one advantage is -1 (push down); linear_noon sums Noon losses,
+    0.5 * 1 + 0.5 * 0 (push up); linear without Noon is linear in A, equal to MORLHF.
+    At u = 1.3 (> 1 + eps): MORLHF clips the sum (A = -1 < 0 keeps its gradient, u A);
+    linear clips each objective (A_len > 0 clipped away, only 0.5 * (-3) u remains).
+    """
+    for name, (overrides, at_one, at_high) in CASES.items():
+        cfg = config(tmp_path / name, ratio_to="old", **overrides)
+        trainer = trainer_for(tiny_lm, cfg)
+        torch.manual_seed(0)
+        rollout = trainer.rollout(PROMPTS[:4])
+        scores = trainer.score(rollout, 1)
+        fwd = trainer.forward_rollout(rollout)
+        mask = rollout.mask.bool()
+        raw = torch.stack([torch.ones_like(fwd["logprobs"]), -3 * torch.ones_like(fwd["logprobs"])])
+        raw = raw * mask
+        kl = torch.zeros_like(fwd["logprobs"])
+        batch = trainer.combine(rollout, scores, fwd, raw, raw, kl)
+        idx = torch.arange(mask.shape[0])
+        count = float(mask.sum())
+        for shift, expected in ((0.0, at_one), (math.log(1.3), at_high)):
+            batch.logprobs = fwd["logprobs"] - shift
+            out = trainer.model(rollout.input_ids, rollout.attention_mask, rollout.response_start)
+            loss, _, _ = policy_loss(trainer, out, batch, idx)
+            (grad,) = torch.autograd.grad(loss, out["logprobs"])
+            # ratio u at the model's own log-probs: exp(shift) (rollout == update forward).
+            torch.testing.assert_close(
+                grad[mask] * count,
+                torch.full_like(grad[mask], expected),
+                rtol=1e-4,
+                atol=1e-5,
+                msg=f"{name} at shift {shift}",
+            )
+
+
+# ----------------------------------------------------------------- weights and config
+
+
+def test_weights_are_checked_against_the_rewards_in_the_constructor(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    for combiner in ("morlhf", "linear_noon", "linear"):
+        cfg = config(tmp_path, combiner=combiner, combiner_weights=[0.2, 0.3, 0.5])
+        with pytest.raises(ValueError, match="3 weights but the trainer has 2 rewards"):
+            trainer_for(tiny_lm, cfg)
+    cfg = config(tmp_path, combiner="morlhf", combiner_kwargs={"weights": [1.0]})
+    with pytest.raises(ValueError, match=r"combiner_kwargs\['weights'\] has 1 weights"):
+        trainer_for(tiny_lm, cfg)
+    # Default: uniform over however many rewards there are.
+    trainer = trainer_for(
+        tiny_lm, config(tmp_path, combiner="morlhf"), [length_words, good_rate, good_rate]
+    )
+    assert trainer.combiner.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(combiner="pama", combiner_weights=[0.5, 0.5]), "applies to"),
+        (dict(combiner="morlhf", combiner_weights=[0.5, -0.1]), r"combiner_weights\[1\]"),
+        (dict(combiner="morlhf", combiner_weights=[0.0, 0.0]), "all zero"),
+        (dict(combiner="morlhf", combiner_weights=[]), "empty"),
+        (
+            dict(combiner="linear", combiner_weights=[1, 1], combiner_kwargs={"weights": [1, 1]}),
+            "not both",
+        ),
+        (dict(mgda_normalization="unit"), "mgda_normalization"),
+        (dict(value_warmup_steps=-1), "value_warmup_steps"),
+        (dict(noon="yes"), "noon"),
+        (dict(combiner="morlhf_noon"), "combiner"),
+    ],
+)
+def test_bad_ppo_setup_fields_are_named(fields: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MOPPOConfig(**fields)
+
+
+def test_mgda_normalization_reaches_the_combiner(tiny_lm: Path, tmp_path: Path) -> None:
+    for combiner in ("mgda_ub", "mgda"):
+        default = trainer_for(tiny_lm, config(tmp_path, combiner=combiner)).combiner
+        assert default.normalization == "l2"
+        ablation = trainer_for(
+            tiny_lm, config(tmp_path, combiner=combiner, mgda_normalization="none")
+        ).combiner
+        assert ablation.normalization == "none"
+
+
+def test_pama_without_noon_fast_path_equals_generic_route(tiny_lm: Path, tmp_path: Path) -> None:
+    results = []
+    for fast in (True, False):
+        cfg = config(tmp_path / str(fast), ppo_epochs=2, pama_fast_path=fast, noon=False)
+        trainer = trainer_for(tiny_lm, cfg)
+        initial = {k: v.clone() for k, v in trainer.unwrapped.state_dict().items()}
+        history = trainer.train()
+        results.append((initial, dict(trainer.unwrapped.state_dict())))
+        # Without Noon the closed form can be negative: a token all objectives call bad.
+        assert history[0]["zero_rate"] < 1.0
+    (initial, fast_params), (_, generic_params) = results
+    for key in fast_params:
+        torch.testing.assert_close(fast_params[key], generic_params[key], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(fast_params[k], initial[k]) for k in fast_params)
+
+
+# ----------------------------------------------------------- value warm-up and value error
+
+
+def test_value_error_metrics_by_hand() -> None:
+    values = torch.tensor([[[1.0, 2.0, 9.0]], [[0.0, 0.0, 0.0]]])
+    returns = torch.tensor([[[2.0, 2.0, 0.0]], [[1.0, 3.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    out = value_error_metrics(values, returns, mask, ["a", "b"])
+    assert out["value/error/a"] == pytest.approx(0.5)  # (1 + 0) / 2; the masked 81 is ignored
+    assert out["value/error/b"] == pytest.approx(5.0)  # (1 + 9) / 2
+    # a: Var(R) = 0 (returns 2, 2): undefined, left out. b: residual = returns: 1 - 1 = 0.
+    assert "value/explained_variance/a" not in out
+    assert out["value/explained_variance/b"] == pytest.approx(0.0)
+
+
+def test_value_warmup_leaves_the_policy_and_lowers_the_value_error(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, value_warmup_steps=4, ppo_epochs=2, learning_rate=1e-2)
+    trainer = trainer_for(tiny_lm, cfg)
+    torch.manual_seed(123)
+    held_out = trainer.rollout(PROMPTS)
+    scores = trainer.score(held_out, 0)
+
+    def error_on_held_out() -> float:
+        fwd = trainer.forward_rollout(held_out)
+        rewards, _ = trainer.kl_penalized_rewards(scores, fwd, held_out.mask)
+        _, returns = trainer.per_objective_gae(rewards, fwd["values"], held_out.mask)
+        return value_error_metrics(fwd["values"], returns, held_out.mask, ["len", "other"])[
+            "value/error/len"
+        ]
+
+    policy_before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    heads_before = {k: v.clone() for k, v in trainer.unwrapped.value_heads.state_dict().items()}
+    error_before = error_on_held_out()
+    run_value_warmup(trainer)
+
+    assert trainer.value_warmup_step == 4 and trainer.global_step == 0
+    for key, value in trainer.policy.state_dict().items():
+        assert torch.equal(value, policy_before[key]), key
+    heads = trainer.unwrapped.value_heads.state_dict()
+    assert any(not torch.equal(heads[k], heads_before[k]) for k in heads)
+    assert error_on_held_out() < error_before
+    logged = trainer.value_warmup_history
+    assert [m["value_warmup_step"] for m in logged] == [1.0, 2.0, 3.0, 4.0]
+    assert all(m["step"] == 0.0 and m["value/error/len"] >= 0 for m in logged)
+    assert trainer.history == []  # training steps are counted apart
+
+
+def test_value_warmup_resumes_and_every_step_logs_value_error(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path / "a", steps=2, value_warmup_steps=2, save_every=1, log_jsonl=True)
+    straight = trainer_for(tiny_lm, cfg)
+    history = straight.train()
+    for metrics in history:
+        for name in ("len", "other"):
+            assert math.isfinite(metrics[f"value/error/{name}"])
+            assert metrics[f"value/error/{name}"] >= 0
+    lines = (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # 2 warm-up lines (step 0), then steps 1 and 2
+
+    # Resume after the warm-up (checkpoint-0): no second warm-up, the same end point.
+    ckpt = tmp_path / "a" / "run" / "checkpoint-0"
+    resumed = trainer_for(
+        tiny_lm, config(tmp_path / "b", steps=2, value_warmup_steps=2, resume_from=str(ckpt))
+    )
+    assert resumed.value_warmup_step == 2 and len(resumed.value_warmup_history) == 2
+    resumed.train()
+    assert len(resumed.value_warmup_history) == 2 and len(resumed.history) == 2
+    end_a = straight.unwrapped.state_dict()
+    for key, value in resumed.unwrapped.state_dict().items():
+        torch.testing.assert_close(value, end_a[key], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_flags_reach_the_config(tmp_path: Path) -> None:
+    from paretoopt.integrations.hf.cli import _config_from_args, build_parser
+
+    base = ["--policy", "p", "--prompts", "x.txt", "--reward", "length", "--reward", "length"]
+    flags = ["--combiner", "linear", "--weights", "0.25", "0.75", "--no-noon"]
+    flags += ["--mgda-normalization", "none", "--value-warmup-steps", "3"]
+    args = build_parser().parse_args([*base, *flags])
+    cfg = _config_from_args(args)
+    assert cfg.combiner == "linear" and cfg.combiner_weights == [0.25, 0.75]
+    assert cfg.noon is False and cfg.mgda_normalization == "none"
+    assert cfg.value_warmup_steps == 3
+    defaults = _config_from_args(build_parser().parse_args(base))
+    assert defaults.noon is True and defaults.mgda_normalization == "l2"
+    assert defaults.combiner_weights is None and defaults.value_warmup_steps == 0
