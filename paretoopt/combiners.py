@@ -187,6 +187,23 @@ class PAMA(Combiner):
     parameters reached through ``z`` receive gradients; add other terms (value loss, KL) to
     ``result.loss`` yourself.
 
+    Outside RL (any losses, ``z`` e.g. a shared encoder's output) the rule is coordinate-wise:
+    *move an element of z only where every task agrees on the direction, by the smallest amount
+    any of them asks for*, and leave it still where they disagree. What that is and is not:
+
+    * It is the exact min-norm point of each element's own n scalars (Theorem 1 per element),
+      not MGDA's min-norm point over the whole ``dL_i/dz`` (MGDA-UB) nor over the parameters
+      (MGDA): the weights differ from element to element, so no single convex combination of
+      the task gradients produces the update.
+    * It is a common descent direction *in z*: for every task,
+      :math:`\sum_e s^*_e G_{ie} \ge 0`, term by term. When ``z`` is the parameters themselves
+      this carries over; through a network it need not: the update the parameters receive,
+      :math:`J_z^\top s^*`, can raise a task's loss to first order. docs/multitask.md measures
+      how often it does.
+    * Where the tasks disagree on most elements, ``s*`` is mostly zero and the trunk learns
+      slowly (``stats["veto_rate"]``); where one task's gradients are much smaller than the
+      others', that task sets the step.
+
     Scale: the closed form compares the objectives' gradients (with Noon PPO losses, their
     advantages) across objectives, so which objective binds in
     :math:`s^* = \min_i A_i` depends on the objectives' relative scales. Multiplying one
