@@ -1,13 +1,14 @@
 """pytest configuration of the benchmark suites (``bench/bench_*.py``).
 
-Run: ``python -m pytest bench/ --benchmark-json=out.json [--bench-profile quick|full|tiny]``.
-The default test run (``testpaths = ["tests"]``) never collects this folder.
+Run: ``python -m pytest bench/ --benchmark-json=out.json [--bench-profile quick|full|tiny]``
+(``make bench`` does, then writes the report from the JSON). The suites themselves live in
+:mod:`paretoopt.integrations.bench`; ``paretoopt bench`` runs them without pytest. The default
+test run (``testpaths = ["tests"]``) never collects this folder.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 # BLAS threads are fixed when the library loads, so before numpy/torch are imported: one
 # thread, for the same reason as --bench-threads (see pytest_configure).
@@ -18,11 +19,13 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from benchlib import PROFILES, THREADS_ENV, current_profile  # noqa: E402
-from benchlib import machine_info as bench_machine_info  # noqa: E402
+from paretoopt.integrations.bench.lib import (  # noqa: E402
+    PROFILES,
+    THREADS_ENV,
+    current_profile,
+    loadavg,
+)
+from paretoopt.integrations.bench.lib import machine_info as bench_machine_info  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,22 +65,14 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
 _LOAD_SAMPLES: list[float] = []
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        with open("/proc/loadavg") as f:
-            return [float(x) for x in f.read().split()[:3]]
-    except (OSError, ValueError):
-        return None
-
-
 def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
-    load = _loadavg()
+    load = loadavg()
     if load is not None:
         _LOAD_SAMPLES.append(load[0])
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    load_end = _loadavg()
+    load_end = loadavg()
     machine_info["paretoopt_bench"] = {
         **bench_machine_info(),
         "profile": current_profile(config).name,

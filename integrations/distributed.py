@@ -15,7 +15,9 @@ Then the combiners:
 
 * **PAMA** is element-wise (Theorem 1 per token, no Gram matrix), so it needs nothing more:
   each process computes :math:`s^*` on its own tokens and one ordinary DDP backward
-  averages :math:`d` numbers, as single-objective PPO would.
+  averages :math:`d` numbers, as single-objective PPO would. Only ``granularity="batch"``
+  (one weight vector for the batch) needs the batch's per-objective means:
+  :func:`global_pama_batch_advantages` all-reduces n + 1 numbers.
 * **Exact MGDA** needs the Gram matrix of the *global* per-objective gradients,
   :math:`G = \bar J \bar J^T` with :math:`\bar J = \frac1W \sum_r J_r`, which does not
   decompose over processes: :class:`DistributedMGDA` all-reduces the ``[n, d]`` Jacobian
@@ -42,6 +44,7 @@ __all__ = [
     "all_reduce_sum",
     "dp_loss_scale",
     "global_mean_std",
+    "global_pama_batch_advantages",
     "is_distributed",
     "world_size",
 ]
@@ -113,6 +116,34 @@ def global_mean_std(
     if unbiased:
         var = torch.where(c > 1, var * c / (c - 1).clamp_min(1), var)
     return mean.to(x.dtype), var.sqrt().to(x.dtype)
+
+
+def global_pama_batch_advantages(
+    advantages: Tensor, mask: Tensor | None = None, noon: bool = True
+) -> tuple[Tensor, Tensor]:
+    r"""PAMA's ``granularity="batch"`` on the *global* batch: ``s*`` and weights ``[n, ...]``.
+
+    One weight vector from the closed form on each objective's mean (Noon-clipped)
+    advantage over the valid elements of every process: the per-objective sums and the
+    element count are all-reduced (n + 1 numbers), so every process gets the weights one
+    process gets on the whole batch. Without it, "batch" would mean "this process's share".
+    On one process this is :func:`paretoopt.pama_advantages` with ``granularity="batch"``,
+    bit for bit. Collective.
+    """
+    from paretoopt import noon_clip, pama_closed_form
+
+    adv = noon_clip(advantages) if noon else advantages
+    wd = torch.float64 if adv.dtype == torch.float64 else torch.float32
+    advf = adv.to(wd)
+    valid = torch.ones_like(advf[0], dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    m = valid.to(wd).expand_as(advf)
+    dims = tuple(range(1, advf.dim()))
+    local = torch.cat([(advf * m).sum(dim=dims), m[0].sum().reshape(1)])  # [n + 1]
+    total = all_reduce_sum(local)
+    _, w = pama_closed_form(total[:-1] / total[-1].clamp_min(1), dim=0)
+    weights = w.reshape(w.shape + (1,) * (advf.dim() - 1)).expand_as(advf)
+    s_star = (weights * advf).sum(0).to(adv.dtype).masked_fill_(~valid, 0)
+    return s_star, weights
 
 
 class DistributedMGDA(Combiner):

@@ -1,4 +1,4 @@
-"""Command line: ``paretoopt demo | study | train | bench | example``.
+"""Command line: ``paretoopt demo | study | train | bench | mtl | example``.
 
 The heavy commands live in the integrations (they need the ``hf`` / ``bench`` extras) and are
 imported only when called, so the core stays importable with torch, numpy and scipy alone.
@@ -29,9 +29,14 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "multi-objective PPO on a causal LM with n reward functions",
     ),
     "bench": (
-        "paretoopt.integrations.bench_cli",
+        "paretoopt.integrations.bench.cli",
         "bench",
         "cost benchmarks: PAMA vs MGDA vs linear scalarization; writes docs tables and plots",
+    ),
+    "mtl": (
+        "paretoopt.integrations.mtl.cli",
+        "bench",
+        "multi-task study: toy problem, digits over seeds, torchjd peers, descent rate, cost",
     ),
 }
 

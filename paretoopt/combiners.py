@@ -187,11 +187,38 @@ class PAMA(Combiner):
     parameters reached through ``z`` receive gradients; add other terms (value loss, KL) to
     ``result.loss`` yourself.
 
+    Outside RL (any losses, ``z`` e.g. a shared encoder's output) the rule is coordinate-wise:
+    *move an element of z only where every task agrees on the direction, by the smallest amount
+    any of them asks for*, and leave it still where they disagree. What that is and is not:
+
+    * It is the exact min-norm point of each element's own n scalars (Theorem 1 per element),
+      not MGDA's min-norm point over the whole ``dL_i/dz`` (MGDA-UB) nor over the parameters
+      (MGDA): the weights differ from element to element, so no single convex combination of
+      the task gradients produces the update.
+    * It is a common descent direction *in z*: for every task,
+      :math:`\sum_e s^*_e G_{ie} \ge 0`, term by term. When ``z`` is the parameters themselves
+      this carries over; through a network it need not: the update the parameters receive,
+      :math:`J_z^\top s^*`, can raise a task's loss to first order. docs/multitask.md measures
+      how often it does.
+    * Where the tasks disagree on most elements, ``s*`` is mostly zero and the trunk learns
+      slowly (``stats["veto_rate"]``); where one task's gradients are much smaller than the
+      others', that task sets the step.
+
+    Scale: the closed form compares the objectives' gradients (with Noon PPO losses, their
+    advantages) across objectives, so which objective binds in
+    :math:`s^* = \min_i A_i` depends on the objectives' relative scales. Multiplying one
+    reward model's output by 10 changes the update; dividing each objective by its own
+    standard deviation (``advantage_normalization="scale"`` in the trainer) changes it too.
+    Put the rewards on the scales you mean to compare.
+
     Args:
         granularity: ``"token"``: closed form per element of ``z``; ``"sample"``: one weight
             vector per index of ``z``'s first dimension, from the closed form on each
             objective's summed gradient over that sample; ``"batch"``: one weight vector for
             all of ``z``.
+
+    Call with ``mask=`` (``z``'s shape) to average the logged weights and rates over valid
+    elements only (see :meth:`__call__`).
     """
 
     requires = "shared"
@@ -205,8 +232,42 @@ class PAMA(Combiner):
     def _hparams(self) -> dict[str, Any]:
         return {"granularity": self.granularity}
 
-    def _combine(self, losses, *, shared, params):  # type: ignore[override]
+    def __call__(  # type: ignore[override]
+        self,
+        losses: Sequence[Tensor] | Tensor,
+        *,
+        shared: Tensor | None = None,
+        params: Iterable[Tensor] | None = None,
+        mask: Tensor | None = None,
+    ) -> CombineResult:
+        """Combine; ``mask`` (optional, ``shared``'s shape, bool or 0/1) marks the valid elements.
+
+        Masked elements (padding, tokens after EOS) have zero gradient in every objective, so
+        the closed form gives them uniform weights; without a mask they would dilute the
+        logged mean weights and the statistics. With a mask, ``result.weights`` and the rates
+        in ``result.stats`` are means over valid elements only. The update is the same.
+        """
+        return self._combine(check_losses(losses), shared=shared, params=params, mask=mask)
+
+    @staticmethod
+    def _valid(mask: Any, z: Tensor) -> Tensor | None:
+        if mask is None:
+            return None
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"PAMA: mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if tuple(mask.shape) != tuple(z.shape):
+            raise ValueError(
+                f"PAMA: mask has shape {tuple(mask.shape)} but the shared tensor has shape "
+                f"{tuple(z.shape)}; they must match"
+            )
+        valid = mask.to(device=z.device, dtype=torch.bool)
+        if not bool(valid.any()):
+            raise ValueError("PAMA: mask marks no valid element")
+        return valid
+
+    def _combine(self, losses, *, shared, params, mask=None):  # type: ignore[override]
         z = _check_shared(shared, "PAMA")
+        valid = self._valid(mask, z)
         g = _grads_wrt(losses, z, "shared tensor")  # [n, *z.shape]
         n = g.shape[0]
         if self.granularity == "token" or z.dim() == 0:
@@ -218,7 +279,16 @@ class PAMA(Combiner):
             _, wsum = pama_closed_form(summary, dim=0)
             w = wsum.reshape(wsum.shape + (1,) * (g.dim() - wsum.dim())).expand_as(g)
             direction = (w * g.to(w.dtype)).sum(0).to(g.dtype)
-        mean_w = w.reshape(n, -1).double().mean(1)
+        keep = None if valid is None else valid.reshape(-1)
+
+        def over_valid(x: Tensor) -> Tensor:  # [..., elements] -> valid elements only
+            flat = x.reshape(*x.shape[: x.dim() - z.dim()], -1)
+            return flat if keep is None else flat[..., keep]
+
+        def share(x: Tensor) -> float:
+            return float(over_valid(x).double().mean())
+
+        mean_w = over_valid(w).double().mean(-1)
         mean_w = mean_w / mean_w.sum()  # exactly on the simplex despite float32 element weights
         surrogate = (z * direction.detach().to(z.dtype)).sum()
         value = sum(float(mean_w[i]) * losses[i].detach() for i in range(n))
@@ -229,8 +299,8 @@ class PAMA(Combiner):
         vetoed = (direction == 0) & (g != 0).any(0)
         stats = {
             "min_norm": float(direction.double().pow(2).sum()),
-            "conflict_rate": float(conflict.double().mean()),
-            "veto_rate": float(vetoed.double().mean()),
+            "conflict_rate": share(conflict),
+            "veto_rate": share(vetoed),
         }
         for i in range(n):
             stats[f"weight/{i}"] = float(mean_w[i])

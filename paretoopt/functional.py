@@ -270,18 +270,37 @@ def pama_advantages(
 
 
 def pama_stats(
-    advantages: Tensor | Sequence[Tensor], mask: Tensor | None = None, noon: bool = True
+    advantages: Tensor | Sequence[Tensor],
+    mask: Tensor | None = None,
+    noon: bool = True,
+    granularity: Granularity = "token",
+    weights: Tensor | None = None,
 ) -> dict[str, float]:
-    r"""Diagnostics of the per-token closed form, for logging.
+    r"""Diagnostics of the combination actually trained on, for logging.
 
-    Keys: ``binding_rate/{i}`` (share of valid elements whose ``s*`` is set by objective i,
-    ties split evenly), ``conflict_rate`` (share of elements where the objectives' raw
-    advantages disagree in sign), ``zero_rate`` (share with ``s* = 0``), ``mean_s_star``.
+    ``s*`` and its weights are those of :func:`pama_advantages` at ``granularity`` (or, if
+    ``weights`` ``[n, *shape]`` are given, e.g. batch weights reduced over processes,
+    ``s* = sum_i w_i A_i`` with those weights), so the rates describe the update.
+
+    Keys: ``binding_rate/{i}`` (mean weight of objective i over valid elements: the share
+    whose ``s*`` is set by objective i, ties split evenly), ``conflict_rate`` (share of
+    elements where the objectives' raw advantages disagree in sign), ``zero_rate`` (share
+    with ``s* = 0``), ``mean_s_star``.
     """
     adv = stack_objectives(advantages, "advantages")
     m = _check_mask(mask, adv.shape[1:])
     raw = adv
-    s_star, weights = pama_closed_form(noon_clip(raw) if noon else raw, dim=0)
+    if weights is not None:
+        if tuple(weights.shape) != tuple(adv.shape):
+            raise ValueError(
+                f"weights have shape {tuple(weights.shape)}, expected {tuple(adv.shape)}"
+            )
+        clipped = noon_clip(raw) if noon else raw
+        s_star = (weights * clipped.to(weights.dtype)).sum(0)
+    else:
+        s_star, weights = pama_advantages(
+            raw, m, granularity=granularity, noon=noon, return_weights=True
+        )
     valid = torch.ones_like(s_star, dtype=torch.bool) if m is None else m
     count = valid.sum().clamp_min(1).to(torch.float64)
     stats: dict[str, float] = {}
@@ -362,6 +381,55 @@ def _as_gram(gram: Tensor | np.ndarray) -> np.ndarray:
         raise ValueError(f"gram has a non-finite entry at {tuple(int(i) for i in bad)}")
     # Symmetrise: a Gram matrix computed in floating point is symmetric only to rounding.
     return (g + g.T) / 2
+
+
+def _gram_rtol(gram: Tensor | np.ndarray) -> float:
+    """Relative tolerance of the Gram checks: rounding of the input's precision, >= 1e-9."""
+    if isinstance(gram, Tensor):
+        eps = torch.finfo(gram.dtype).eps if gram.dtype.is_floating_point else 0.0
+    else:
+        dtype = np.asarray(gram).dtype
+        eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
+    return max(1e-9, 1e3 * eps)
+
+
+def _check_gram(gram: Tensor | np.ndarray, sym: np.ndarray) -> None:
+    """Refuse a matrix that is not a Gram matrix beyond rounding: asymmetric, or with a
+    negative eigenvalue. ``sym`` is the symmetrised float64 copy.
+
+    A Gram matrix :math:`G = J J^T` is symmetric positive semi-definite. Rounding makes a
+    computed one asymmetric and indefinite by about ``n * eps * max|G|``; the tolerance,
+    ``max(1e-9, 1000 eps)`` of the input's precision relative to ``max|G|`` (times n for
+    eigenvalues), stays far above that for rank-deficient matrices of any scale, and far
+    below a real error (a sign flip, a transposed block, a covariance with a bad entry).
+    """
+    scale = float(np.abs(sym).max())
+    if scale == 0.0 or scale < np.finfo(np.float64).tiny:
+        return
+    rtol = _gram_rtol(gram)
+    raw = gram.detach().to("cpu", torch.float64).numpy() if isinstance(gram, Tensor) else gram
+    raw = np.asarray(raw, dtype=np.float64)
+    asym = np.abs(raw - raw.T)
+    worst = float(asym.max())
+    if worst > rtol * scale:
+        i, j = (int(k) for k in np.unravel_index(int(np.argmax(asym)), asym.shape))
+        raise ValueError(
+            f"gram is not symmetric: entry ({i}, {j}) is {raw[i, j]:.6g} but ({j}, {i}) is "
+            f"{raw[j, i]:.6g} (difference {worst:.3g}, tolerance {rtol * scale:.3g})"
+        )
+    n = sym.shape[0]
+    shift = rtol * n * scale
+    try:  # a Cholesky factorisation is the cheap test; eigenvalues only to name the culprit
+        np.linalg.cholesky(sym + shift * np.eye(n))
+        return
+    except np.linalg.LinAlgError:
+        pass
+    eig = np.linalg.eigvalsh(sym)
+    if eig[0] < -shift:
+        raise ValueError(
+            f"gram is not positive semi-definite: its most negative eigenvalue is {eig[0]:.6g} "
+            f"(largest {eig[-1]:.6g}, tolerance {-shift:.3g}); a Gram matrix J J^T has none"
+        )
 
 
 def kkt_residual(gram: Tensor | np.ndarray, weights: Tensor | np.ndarray) -> float:
@@ -620,7 +688,10 @@ def min_norm_weights(
     Solves :math:`\min_{c \in \Delta_n} c^T G c` (MGDA's sub-problem) in float64 whatever the
     input dtype. The problem is invariant to a positive scaling of ``G``, so it is solved on
     ``G / max_i G_ii``; this keeps Gram matrices of scale 1e-15 or 1e15 well conditioned.
-    A zero Gram matrix (every point at the origin) returns uniform weights.
+    A zero Gram matrix (every point at the origin) returns uniform weights. A matrix that is
+    not a Gram matrix beyond rounding (asymmetric, or with a negative eigenvalue below
+    ``-max(1e-9, 1000 eps) * n * max|G|``, eps of the input's precision) is refused with a
+    ``ValueError`` naming the largest asymmetric entry or the most negative eigenvalue.
 
     Methods:
 
@@ -646,6 +717,7 @@ def min_norm_weights(
             raise ValueError(
                 f"gram is not a Gram matrix: diagonal entry {i} is negative ({diag[i]:.3g})"
             )
+    _check_gram(gram, g)
     scale = float(diag.max())
     if n == 1 or scale <= 0 or not np.isfinite(scale) or scale < np.finfo(np.float64).tiny:
         w = np.full(n, 1.0 / n)

@@ -22,7 +22,8 @@ weighted sum everywhere: head ``i`` gets ``w_i`` times its gradient, exactly as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -51,6 +52,23 @@ def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Non
             p.grad.add_(g)
 
 
+def _replay(
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], backward: Callable[[Tensor], None]
+) -> None:
+    """One ``backward(s)`` call whose gradient w.r.t. each ``params[j]`` is ``grads[j]``.
+
+    ``s = sum_j <p_j, g_j>`` (with ``g_j`` constant) has exactly ``dL/dp_j = g_j``; its value
+    is made 0 so that a wrapper which logs or scales the loss sees nothing odd. Every
+    parameter with a gradient is reached once, which is what DDP's reducer counts on.
+    """
+    terms = [(p * g.detach().to(p.dtype)).sum() for p, g in zip(params, grads, strict=True)
+             if g is not None]  # fmt: skip
+    if not terms:
+        return
+    total = torch.stack([t.to(torch.float32) for t in terms]).sum()
+    backward(total - total.detach())
+
+
 def combine_and_backward(
     losses: Sequence[Tensor],
     combiner: Combiner,
@@ -58,6 +76,8 @@ def combine_and_backward(
     shared: Tensor | None = None,
     params: Iterable[Tensor] | None = None,
     heads: Sequence[Iterable[Tensor]] | None = None,
+    backward: Callable[[Tensor], None] | None = None,
+    grad_scale: float = 1.0,
 ) -> CombineResult:
     """Combine n task losses and accumulate their gradients into ``.grad`` (one call a step).
 
@@ -72,6 +92,17 @@ def combine_and_backward(
             and receives the gradient of ``losses[i]`` (times ``w_i`` for a
             :class:`LinearScalarization`, else weight 1). Without ``heads`` the combined loss
             is backpropagated into everything it reaches.
+        backward: optional, how to backpropagate a scalar (default ``Tensor.backward``), e.g.
+            ``accelerator.backward`` so that a grad scaler and DDP's gradient all-reduce see
+            the step. It is called exactly once. With ``heads`` the trunk's and the heads'
+            gradients are first computed with ``torch.autograd.grad`` and then written by one
+            call ``backward(sum_j <p_j, g_j>)`` whose gradient is exactly ``g_j``: DDP
+            averages gradients only in hooks that a real backward fires, and it expects every
+            parameter once per step.
+        grad_scale: multiplies every gradient written, not the losses the combiner sees: the
+            combiner chooses on the true losses (its choice need not scale with them: MGDA
+            with ``"l2"`` or ``"loss"`` normalisation does not), while the backward passes of
+            the update run on scaled values, as a mixed-precision grad scaler needs.
 
     Returns:
         The combiner's :class:`~paretoopt.CombineResult` (weights and stats for logging).
@@ -81,9 +112,15 @@ def combine_and_backward(
     items = check_losses(losses)
     n = len(items)
     trunk = _param_list(params, "params") if params is not None else None
+    if not (grad_scale > 0 and math.isfinite(grad_scale)):
+        raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale}")
     if heads is None:
         result = combiner(items, shared=shared, params=trunk)
-        result.loss.backward()
+        total = result.loss * grad_scale if grad_scale != 1.0 else result.loss
+        if backward is None:
+            total.backward()
+        else:
+            backward(total)
         return result
     if isinstance(heads, (Tensor, str)) or len(heads) != n:
         got = "a tensor" if isinstance(heads, Tensor) else f"{len(heads)} entries"
@@ -111,12 +148,26 @@ def combine_and_backward(
             owner[id(p)] = i
     result = combiner(items, shared=shared, params=trunk)
     fixed = isinstance(combiner, LinearScalarization)
+    replay_params: list[Tensor] = []
+    replay_grads: list[Tensor | None] = []
     for i, (loss, hp) in enumerate(zip(items, head_lists, strict=True)):
         if not hp:
             continue
-        weight = float(result.weights[i]) if fixed else 1.0
+        weight = (float(result.weights[i]) if fixed else 1.0) * grad_scale
         grads = torch.autograd.grad(loss * weight, hp, retain_graph=True, allow_unused=True)
-        _accumulate(hp, grads)
+        if backward is None:
+            _accumulate(hp, grads)
+        else:
+            replay_params += hp
+            replay_grads += grads
+    total = result.loss * grad_scale if grad_scale != 1.0 else result.loss
+    if backward is None:
+        if trunk:
+            total.backward(inputs=trunk)
+        return result
     if trunk:
-        result.loss.backward(inputs=trunk)
+        grads = torch.autograd.grad(total, trunk, retain_graph=True, allow_unused=True)
+        replay_params += trunk
+        replay_grads += grads
+    _replay(replay_params, replay_grads, backward)
     return result

@@ -28,18 +28,36 @@ PROMPTS = [
 ]
 
 
-def build_tokenizer(path: Path):
-    """Word-level tokenizer (whitespace split, words joined by spaces on decode)."""
+def build_tokenizer(
+    path: Path,
+    extra_special: list[str] | None = None,
+    *,
+    extra_words: tuple[str, ...] = (),
+    chat_template: str | None = None,
+):
+    """Word-level tokenizer (whitespace split, words joined by spaces on decode).
+
+    ``extra_special``: further special tokens (e.g. a second end-of-turn token), placed
+    after the usual three; ``extra_words`` go after the usual words; ``chat_template`` is set
+    on the tokenizer (a Jinja string).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    extra = list(extra_special or [])
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + extra + WORDS + list(extra_words))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        additional_special_tokens=extra or None,
     )
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(str(path))
     return AutoTokenizer.from_pretrained(str(path))
 
@@ -82,4 +100,41 @@ def make_tiny_lm(path: Path) -> Path:
     """Write a tiny GPT-2 policy and its tokenizer into ``path`` (loadable by path)."""
     tok = build_tokenizer(path)
     build_policy(path, len(tok), tok.eos_token_id)
+    return path
+
+
+CHAT_WORDS = ("user", "assistant", "system", "|")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} | {{ m['content'] }} | {% endfor %}"
+    "{% if add_generation_prompt %}assistant |{% endif %}"
+)
+"""A tiny chat template: ``user | hi | assistant |`` (role words are in the vocabulary)."""
+RM_CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+"""The reward model's own, different template (no separators, no generation prompt)."""
+CHATS = [
+    [{"role": "user", "content": "the film was"}],
+    [{"role": "system", "content": "a short story"}, {"role": "user", "content": "this movie is"}],
+    [{"role": "user", "content": "i liked the plot"}, {"role": "assistant", "content": "good"}],
+    [{"role": "user", "content": "the music is quite"}],
+]
+
+
+def make_tiny_chat_lm(path: Path) -> Path:
+    """A tiny GPT-2 whose tokenizer carries :data:`CHAT_TEMPLATE`."""
+    tok = build_tokenizer(path, extra_words=CHAT_WORDS, chat_template=CHAT_TEMPLATE)
+    build_policy(path, len(tok), tok.eos_token_id)
+    return path
+
+
+def make_two_head_reward_model(path: Path, seed: int = 1) -> Path:
+    """A tiny GPT-2 sequence classifier with two outputs and its own chat template."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tok = build_tokenizer(path, extra_words=CHAT_WORDS, chat_template=RM_CHAT_TEMPLATE)
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2, num_labels=2,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    GPT2ForSequenceClassification(config).eval().save_pretrained(str(path))
     return path

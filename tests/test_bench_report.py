@@ -1,12 +1,22 @@
-"""`paretoopt bench` end to end on the tiny profile: suites run, JSON and report are written."""
+"""`paretoopt bench` end to end on the tiny profile: suites run, JSON and report are written.
+
+The same suites under pytest-benchmark (the repository's bench/, `make bench`) feed the same
+report: one suite of it runs here too.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from paretoopt.integrations import bench_cli
+from paretoopt.integrations.bench import cli as bench_cli
+from paretoopt.integrations.bench import report
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bench_cli_tiny_profile_writes_report(
@@ -63,7 +73,6 @@ def test_bench_cli_tiny_profile_writes_report(
 
 
 def test_report_only_from_existing_json(tmp_path: Path) -> None:
-    report = bench_cli.load_report_module()
     data = {
         "datetime": "now",
         "machine_info": {"paretoopt_bench": {"profile": "tiny", "cpu_model": "test cpu"}},
@@ -113,3 +122,34 @@ def test_report_only_from_existing_json(tmp_path: Path) -> None:
     assert "n=8 general: 1.60x" in page
     assert "speed **fails**" in page
     assert report.fit_exponent([1, 10, 100], [2, 20, 200]) == pytest.approx(1.0)
+
+
+def test_pytest_benchmark_suite_feeds_the_same_report(tmp_path: Path) -> None:
+    """bench/bench_min_norm.py under pytest-benchmark: its JSON makes the report's section 3."""
+    json_path = tmp_path / "mn.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO / "bench" / "bench_min_norm.py"),
+            "--bench-profile=tiny",
+            f"--benchmark-json={json_path}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = report.load(json_path)
+    infos = [b["extra_info"] for b in data["benchmarks"]]
+    assert {i["suite"] for i in infos} == {"min_norm"} and len(infos) == 6
+    assert data["machine_info"]["paretoopt_bench"]["profile"] == "tiny"
+    page = report.build_report(data, tmp_path).read_text()
+    assert "## 3. Min-norm" in page and "## Claims, as measured" in page

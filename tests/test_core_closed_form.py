@@ -272,3 +272,20 @@ def test_pama_advantages_never_mutates_its_input(
         torch.testing.assert_close(mask, mask_before)
         s_star = out[0] if return_weights else out
         assert s_star.data_ptr() != adv.data_ptr()
+
+
+@pytest.mark.parametrize("granularity", ["token", "sample", "batch"])
+def test_pama_stats_describe_the_granularity_trained_on(granularity: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    adv = torch.randn(3, 5, 7, generator=g, dtype=torch.float64) + 0.3
+    mask = (torch.arange(7) < torch.tensor([7, 3, 5, 1, 6]).unsqueeze(1)).long()
+    s_star, weights = pama_advantages(adv, mask, granularity=granularity, return_weights=True)
+    stats = pama_stats(adv, mask, granularity=granularity)
+    valid = mask.bool()
+    assert stats["mean_s_star"] == pytest.approx(float(s_star[valid].mean()))
+    assert stats["zero_rate"] == pytest.approx(float((s_star[valid] == 0).double().mean()))
+    for i in range(3):
+        assert stats[f"binding_rate/{i}"] == pytest.approx(float(weights[i][valid].mean()))
+    assert stats == pama_stats(adv, mask, weights=weights)
+    if granularity != "token":  # coarser weights reinforce more than the per-token minimum
+        assert stats["mean_s_star"] > pama_stats(adv, mask)["mean_s_star"]

@@ -339,3 +339,30 @@ def test_nan_gradient_over_params_is_reported_by_mgda() -> None:
     with pytest.raises(ValueError, match="shared tensor for objective 1 contains non-finite"):
         z = w * 1
         MGDA(mode="shared")([z.sum(), z.abs().sqrt().sum()], shared=z)
+
+
+def test_pama_mask_averages_weights_and_stats_over_valid_elements() -> None:
+    """Objective 0 binds on both valid tokens; 4 of 6 are padding (zero gradients)."""
+    u = torch.ones(1, 6, dtype=torch.float64, requires_grad=True)
+    adv = torch.zeros(2, 1, 6, dtype=torch.float64)
+    adv[0, 0, :2] = torch.tensor([0.2, 0.3])
+    adv[1, 0, :2] = torch.tensor([0.9, 0.8])
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0]])
+    losses = list(ppo_losses_from_ratio(u, adv, mask, cliprange=0.2, noon=True).unbind(0))
+    unmasked = PAMA()(losses, shared=u)
+    masked = PAMA()(losses, shared=u, mask=mask)
+    # Padding gets uniform weights and would dilute the mean: 2/3, 1/3.
+    torch.testing.assert_close(unmasked.weights, torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))
+    torch.testing.assert_close(masked.weights, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert masked.stats["weight/0"] == 1.0
+    # The logged loss is objective 0's; the update itself is unchanged.
+    assert float(masked.loss.detach()) == pytest.approx(float(losses[0].detach()))
+    (g_masked,) = torch.autograd.grad(masked.loss, u, retain_graph=True)
+    (g_plain,) = torch.autograd.grad(unmasked.loss, u, retain_graph=True)
+    torch.testing.assert_close(g_masked, g_plain)
+    # Stats over valid elements: objective 1 is vetoed on no valid token.
+    assert masked.stats["veto_rate"] == 0.0 and masked.stats["conflict_rate"] == 0.0
+    with pytest.raises(ValueError, match=r"mask has shape \(6,\).*\(1, 6\)"):
+        PAMA()(losses, shared=u, mask=mask[0])
+    with pytest.raises(ValueError, match="no valid element"):
+        PAMA()(losses, shared=u, mask=torch.zeros_like(mask))

@@ -243,3 +243,16 @@ def test_projection_batched_and_against_qp() -> None:
             options={"ftol": 1e-14},
         )
         np.testing.assert_allclose(prow, res.x, atol=1e-6)
+
+
+def test_non_gram_matrices_are_refused_with_the_culprit() -> None:
+    with pytest.raises(ValueError, match=r"not symmetric: entry \(0, 2\) is 0.5 but \(2, 0\)"):
+        min_norm_weights(np.array([[1.0, 0.1, 0.5], [0.1, 1.0, 0.0], [0.2, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="most negative eigenvalue is -1 "):
+        min_norm_weights(np.array([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3 and -1
+    # Rounding is not an error: a rank-one float32 Gram and tiny asymmetry pass.
+    jac = torch.from_numpy(sample_jacobian(6, 1, 30, 1e6, 3, dup=True)).float()
+    gram32 = jac @ jac.T
+    assert min_norm_weights(gram32).converged
+    g = np.array([[1.0, 0.3], [0.3 + 1e-13, 2.0]])
+    assert min_norm_weights(g).kkt_residual < 1e-12

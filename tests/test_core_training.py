@@ -137,3 +137,67 @@ def test_bad_input_is_named():
         )
     with pytest.raises(TypeError, match="needs shared="):
         combine_and_backward(losses, PAMA(), params=trunk.parameters(), heads=_heads_arg(heads))
+
+
+@pytest.mark.parametrize(
+    "combiner",
+    [LinearScalarization([0.3, 0.7]), PAMA(), MGDA(mode="shared"), MGDA(mode="params")],
+    ids=["linear", "pama", "mgda_ub", "mgda"],
+)
+@pytest.mark.parametrize("with_heads", [True, False])
+def test_backward_callable_is_called_once_and_writes_the_same_gradients(combiner, with_heads):
+    """``backward=`` (e.g. ``accelerator.backward``) sees one call and writes what the default
+    route writes; a wrapper that scales the loss (a grad scaler) scales every gradient."""
+    x, ys = _data()
+    got = []
+    for scale in (None, 1.0, 8.0):
+        trunk, heads = _model()
+        z, losses = _losses(trunk, heads, x, ys)
+        calls = []
+
+        def backward(t, s=scale, calls=calls):
+            calls.append(t)
+            (t * s).backward()
+
+        combine_and_backward(
+            losses,
+            combiner,
+            shared=z,
+            params=trunk.parameters(),
+            heads=_heads_arg(heads) if with_heads else None,
+            backward=None if scale is None else backward,
+        )
+        assert len(calls) == (0 if scale is None else 1)
+        got.append([g for m in [trunk, *heads] for g in _grads(m)])
+    for ref, same, scaled in zip(*got, strict=True):
+        if ref is None:  # PAMA without heads: nothing reaches parameters after the shared tensor
+            assert same is None and scaled is None
+            continue
+        torch.testing.assert_close(same, ref, rtol=0, atol=0)
+        torch.testing.assert_close(scaled, 8.0 * ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "combiner",
+    [LinearScalarization([0.3, 0.7]), PAMA(), MGDA(mode="shared", normalization="l2"),
+     MGDA(mode="params", normalization="loss")],
+    ids=["linear", "pama", "mgda_ub_l2", "mgda_loss"],
+)  # fmt: skip
+def test_grad_scale_multiplies_the_gradients_not_the_choice(combiner):
+    """A grad scaler's factor: the same weights, every gradient times the scale (a power of 2,
+    so exactly), also for normalised MGDA, whose combination does not grow with the losses."""
+    x, ys = _data()
+    got = []
+    for scale in (1.0, 1024.0):
+        trunk, heads = _model()
+        z, losses = _losses(trunk, heads, x, ys)
+        res = combine_and_backward(
+            losses, combiner, shared=z, params=trunk.parameters(), heads=_heads_arg(heads),
+            grad_scale=scale,
+        )  # fmt: skip
+        got.append((res.weights, [g for m in [trunk, *heads] for g in _grads(m)]))
+    torch.testing.assert_close(got[1][0], got[0][0], rtol=0, atol=0)
+    for ref, scaled in zip(got[0][1], got[1][1], strict=True):
+        torch.testing.assert_close(scaled, 1024.0 * ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="grad_scale must be finite and > 0"):
+        combine_and_backward(losses, combiner, shared=z, params=trunk.parameters(), grad_scale=0)

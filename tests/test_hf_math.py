@@ -175,7 +175,7 @@ def test_adaptive_kl_controller() -> None:
     assert fixed.value == 0.2
 
 
-def test_length_reward() -> None:
+def test_length_reward(tmp_path) -> None:
     responses = ["", "x" * 70, "y" * 500]
     assert length_reward(["p"] * 3, responses) == [0.0, 0.5, 1.0]
     words = make_length_reward(scale=4, lo=0.25, hi=0.75, unit="words")
@@ -183,9 +183,9 @@ def test_length_reward() -> None:
     assert parse_reward_spec("length") is length_reward
     spec = parse_reward_spec("length:4:0.25:0.75:words")
     assert spec(["p"], ["a b"]) == [0.5]
-    rm = parse_reward_spec("helpful=/models/rm:1")
+    rm = parse_reward_spec(f"helpful={tmp_path}:1")  # a local path must exist
     assert isinstance(rm, RewardModelFunction)
-    assert (rm.name, rm.name_or_path, rm.label_index) == ("helpful", "/models/rm", 1)
+    assert (rm.name, rm.name_or_path, rm.label_index) == ("helpful", str(tmp_path), 1)
     plain = parse_reward_spec("org/model")
     assert (plain.name, plain.label_index) == ("model", 0)
     with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ pytest.importorskip("accelerate")
 
 from hf_fixtures import PROMPTS, make_tiny_lm
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
-from paretoopt.integrations.hf.advantages import gae, kl_penalized_rewards
+from paretoopt.integrations.hf.advantages import gae, kl_penalized_rewards, scalarize_advantages
 from paretoopt.integrations.hf.metrics import value_error_metrics
 from paretoopt.integrations.hf.update import policy_loss
 from paretoopt.integrations.hf.warmup import run_value_warmup
@@ -108,7 +108,7 @@ def test_trainer_morlhf_advantage_is_gae_on_the_scalarised_reward(
     )[0]
     scalar_value = (w.view(-1, 1, 1) * fwd["values"]).sum(0, keepdim=True)
     expected, _ = gae(scalar_reward, scalar_value, rollout.mask, cfg.gamma, cfg.gae_lambda)
-    got = trainer.scalarized_advantages(raw, rollout.mask)
+    got = scalarize_advantages(raw, trainer.combiner.weights, rollout.mask)
     torch.testing.assert_close(got, expected[0], rtol=1e-5, atol=1e-6)
     # And the batch the update reads carries exactly this advantage (KL 0 at step 1).
     raw0, _ = gae(
@@ -120,7 +120,7 @@ def test_trainer_morlhf_advantage_is_gae_on_the_scalarised_reward(
     )
     assert batch.scalar_advantages is not None
     torch.testing.assert_close(
-        batch.scalar_advantages, trainer.scalarized_advantages(raw0, rollout.mask)
+        batch.scalar_advantages, scalarize_advantages(raw0, trainer.combiner.weights, rollout.mask)
     )
     assert bool((batch.scalar_advantages < 0).any())  # signed: no Noon clipping
 

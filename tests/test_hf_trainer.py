@@ -353,8 +353,9 @@ def test_cli_trains_from_a_prompt_file(tiny_lm: Path, tmp_path: Path, capsys) ->
     assert is_checkpoint(out / "checkpoint-2")
     assert "done: 2 steps" in capsys.readouterr().out
 
-    # Two rewards, as --weights says (a count mismatch is refused before any step).
+    # A reward model path that does not exist is refused before any loading or training.
     bad = [*argv[:4], "--reward", f"broken={tmp_path / 'missing'}:0", *argv[6:]]
     assert main([*bad, "--output-dir", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
-    assert "'broken'" in err and "step 1" in err
+    assert "'broken'" in err and "does not exist" in err
+    assert not (tmp_path / "bad").exists()

@@ -36,8 +36,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from paretoopt.integrations.demo.corpus import (
     CorpusConfig,
     Review,
@@ -48,6 +46,7 @@ from paretoopt.integrations.demo.corpus import (
     unfinished_reviews,
     vocabulary,
 )
+from tqdm.auto import tqdm
 
 #: Bumped whenever the training code changes what a given configuration produces.
 #: 2: the reward model is also trained on unfinished (cut-off) reviews.

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from paretoopt.integrations.demo.artefacts import ArtefactConfig
 
 METHOD_LABELS = {
@@ -219,6 +218,7 @@ def run_experiment(
     ``hypervolume`` and a few ``samples``; the SFT policy is entry ``"sft"``.
     """
     from paretoopt.integrations.hf import MOPPOTrainer
+
     from paretoopt.pareto import hypervolume
 
     names = list(reward_names)

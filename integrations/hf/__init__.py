@@ -18,6 +18,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .advantages import AdaptiveKLController, discounted_cumsum, gae, kl_penalized_rewards
 from .checkpoint import find_latest_checkpoint
 from .config import MOPPOConfig
+from .data import load_prompt_dataset, render_prompt
+from .evaluation import BestCheckpoint, EvalResult, evaluate
+from .export import export_model
+from .reward_models import RewardHead, RewardModel, parse_reward_model_spec
 from .rewards import (
     RewardError,
     RewardModelFunction,
@@ -31,22 +35,35 @@ from .value_heads import PolicyWithValueHeads, ValueHeads, clipped_value_loss
 
 __all__ = [
     "AdaptiveKLController",
+    "BestCheckpoint",
+    "EvalResult",
     "MOPPOConfig",
     "MOPPOTrainer",
     "PolicyWithValueHeads",
     "RewardError",
+    "RewardHead",
+    "RewardModel",
     "RewardModelFunction",
     "Rollout",
     "RolloutBatch",
     "ValueHeads",
     "clipped_value_loss",
     "discounted_cumsum",
+    "evaluate",
+    "export_model",
     "find_latest_checkpoint",
     "gae",
     "generate_rollout",
     "kl_penalized_rewards",
     "length_reward",
+    "load_prompt_dataset",
     "make_length_reward",
+    "parse_reward_model_spec",
     "parse_reward_spec",
+    "render_prompt",
     "response_mask",
 ]
+
+from .multi_objective import MultiObjectiveTrainer, MultiObjectiveTrainingArguments
+
+__all__ += ["MultiObjectiveTrainer", "MultiObjectiveTrainingArguments"]

@@ -6,7 +6,7 @@ Shapes: ``n`` objectives, ``B`` responses, ``T`` response tokens;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ __all__ = [
     "kl_penalized_rewards",
     "masked_mean",
     "normalize_advantages",
+    "scalarize_advantages",
 ]
 
 
@@ -127,6 +128,28 @@ def normalize_advantages(
     else:
         raise ValueError(f"unknown advantage normalisation {mode!r}")
     return (out * maskf).to(advantages.dtype)
+
+
+def scalarize_advantages(
+    advantages: torch.Tensor,
+    weights: Sequence[float],
+    mask: torch.Tensor,
+    mode: str = "none",
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """MORLHF's one advantage per token: ``A = sum_i w_i A'_i``, then the normalisation.
+
+    GAE is linear in the rewards and the values, so ``sum_i w_i GAE(r_i, V_i)`` is GAE on
+    the scalarised reward ``sum_i w_i r_i`` with the value ``sum_i w_i V_i``: the n value
+    heads stay, and their weighted sum is the scalarised reward's critic. No Noon: the
+    standard PPO surrogate takes the signed advantage. ``[n, B, T] -> [B, T]``.
+    """
+    w = torch.tensor(list(weights), dtype=advantages.dtype, device=advantages.device)
+    if w.shape[0] != advantages.shape[0]:
+        raise ValueError(f"{w.shape[0]} weights for {advantages.shape[0]} objectives' advantages")
+    scalar = (w.view(-1, 1, 1) * advantages).sum(0, keepdim=True)
+    scalar = normalize_advantages(scalar, mask, mode, gather=gather)
+    return scalar[0] * mask.to(scalar.dtype)
 
 
 class AdaptiveKLController:

@@ -32,6 +32,7 @@ __all__ = [
     "capture_rng_state",
     "find_latest_checkpoint",
     "is_checkpoint",
+    "resolve_resume",
     "restore_rng_state",
 ]
 
@@ -90,6 +91,23 @@ def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
             if best is None or step > best[0]:
                 best = (step, child)
     return None if best is None else best[1]
+
+
+def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint folder ``resume_from`` names ("latest": the newest in ``output_dir``)."""
+    if resume_from is None:
+        return None
+    if resume_from == "latest":
+        found = find_latest_checkpoint(output_dir)
+        if found is None:
+            raise FileNotFoundError(
+                f"resume_from='latest' but no complete checkpoint-* in {output_dir}"
+            )
+        return found
+    path = Path(resume_from)
+    if not is_checkpoint(path):
+        raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
+    return path
 
 
 def capture_rng_state() -> dict[str, Any]:

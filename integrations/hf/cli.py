@@ -21,10 +21,28 @@ _EPILOG = """\
 reward specs (repeat --reward, one per objective):
   length                      clip(len(response chars) / 140, 0, 1)
   length:SCALE[:LO:HI[:UNIT]] clip(len / SCALE, LO, HI); UNIT chars (default) or words
+  NAME=package.module:func    your Python function func(prompts, responses) -> list of
+                              floats, one per response; the module is imported from the
+                              current directory or the Python path (NAME= optional)
   NAME=NAME_OR_PATH[:LABEL]   a sequence-classification reward model; logit LABEL (default 0)
   NAME_OR_PATH[:LABEL]        the same, named after the path
+  N1,N2=NAME_OR_PATH:L1,L2    one reward model, several outputs as several objectives
+                              (loaded once, scored once per batch), e.g.
+                              helpful,verbose=path/to/rm:0,4
 
-prompt file: one prompt per line (.txt), or JSON lines with a "prompt" field (.jsonl).
+Example of your own reward, in ./myrewards.py, used as --reward polite=myrewards:politeness:
+  def politeness(prompts, responses):
+      return [float("please" in r) for r in responses]
+
+Reward functions receive the prompts as given (a conversation stays its list of messages)
+and the responses without the prompt; functions that take a prompt_texts keyword also get
+the prompts as the policy saw them (rendered, cut from the left to max_prompt_length).
+
+prompts: --prompts FILE (one per line .txt, or .jsonl with a "prompt" field), or --dataset
+SOURCE: a local file (.jsonl/.json/.parquet/.csv/.txt), a folder (save_to_disk or data
+files) or a dataset name (datasets.load_dataset; needs the network or the local cache).
+A prompt is a string or a list of {"role", "content"} messages, rendered with the policy
+tokenizer's chat template (generation prompt added); a final assistant message is dropped.
 Metrics go to OUTPUT_DIR/metrics.jsonl; checkpoints to OUTPUT_DIR/checkpoint-STEP.
 """
 
@@ -41,10 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--policy", required=True, help="model name or local path (AutoModelForCausalLM)"
+        "--policy",
+        required=True,
+        help="model name or local path (AutoModelForCausalLM); a missing local path is an error",
     )
     p.add_argument("--tokenizer", help="tokenizer name or path (default: the policy's)")
-    p.add_argument("--prompts", required=True, type=Path, help="prompt file (.txt or .jsonl)")
+    p.add_argument("--prompts", type=Path, help="prompt file (.txt or .jsonl)")
+    p.add_argument("--dataset", help="prompt dataset: a file, folder or dataset name")
+    p.add_argument("--split", help="split of --dataset (default train)")
+    p.add_argument("--prompt-column", help="column holding the prompts (default: prompt, ...)")
+    p.add_argument("--eval-dataset", help="held-out prompts (same forms as --dataset)")
+    p.add_argument("--eval-split", help="split of --eval-dataset (default: --split or train)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (and at the end)")
+    p.add_argument(
+        "--best",
+        dest="best_criterion",
+        metavar="CRITERION",
+        help="keep OUTPUT_DIR/best by hypervolume | hypervolume_per_response | an objective "
+        "| NAME=W,NAME=W (weighted mean reward)",
+    )
     p.add_argument(
         "--reward",
         action="append",
@@ -101,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=int)
     p.add_argument("--lora-dropout", type=float)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    quant = p.add_mutually_exclusive_group()
+    quant.add_argument(
+        "--load-in-8bit", action="store_true", help="8-bit base weights (needs --lora, GPU)"
+    )
+    quant.add_argument(
+        "--load-in-4bit", action="store_true", help="4-bit base weights, QLoRA (needs --lora, GPU)"
+    )
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--forward-chunk-size", type=int, help="sequences per rollout forward pass")
+    p.add_argument(
+        "--micro-batch-size", type=int, help="gradient accumulation inside each mini-batch"
+    )
+    p.add_argument("--export-dir", help="write the shipped model here at the end")
+    p.add_argument(
+        "--export-merged", action="store_true", help="also export LoRA merged into the base"
+    )
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     p.add_argument("--seed", type=int)
@@ -132,6 +181,24 @@ def load_prompts(path: Path) -> list[str]:
     if not prompts:
         raise ValueError(f"no prompts in {path}")
     return prompts
+
+
+def _prompts_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Training and held-out prompts from --prompts / --dataset and --eval-dataset."""
+    from .data import load_prompt_dataset
+
+    if (args.prompts is None) == (args.dataset is None):
+        raise ValueError("give the prompts with exactly one of --prompts FILE or --dataset SOURCE")
+    if args.prompts is not None:
+        prompts = load_prompts(args.prompts)
+    else:
+        prompts = load_prompt_dataset(args.dataset, split=args.split, column=args.prompt_column)
+    eval_prompts = None
+    if args.eval_dataset is not None:
+        eval_prompts = load_prompt_dataset(
+            args.eval_dataset, split=args.eval_split or args.split, column=args.prompt_column
+        )
+    return prompts, eval_prompts
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -167,6 +234,11 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "output_dir",
         "save_every",
         "report_to",
+        "eval_every",
+        "best_criterion",
+        "forward_chunk_size",
+        "micro_batch_size",
+        "export_dir",
     ]
     for key in direct:
         value = getattr(args, key)
@@ -180,6 +252,9 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         data["adaptive_kl"] = False
     if args.lora:
         data["use_lora"] = True
+    for flag in ("load_in_8bit", "load_in_4bit", "gradient_checkpointing", "export_merged"):
+        if getattr(args, flag):
+            data[flag] = True
     if args.cpu:
         data["cpu"] = True
     if args.no_progress:
@@ -196,21 +271,31 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from . import MOPPOTrainer
-        from .rewards import RewardError, parse_reward_spec
+        from .reward_models import parse_reward_specs
+        from .rewards import RewardError
 
         config = _config_from_args(args)
-        prompts = load_prompts(args.prompts)
-        rewards = [parse_reward_spec(spec) for spec in args.reward]
+        prompts, eval_prompts = _prompts_from_args(args)
+        rewards = [fn for spec in args.reward for fn in parse_reward_specs(spec)]
         tokenizer = None
         if args.tokenizer:
             from transformers import AutoTokenizer
 
+            from .models import check_model_source
+
+            check_model_source(args.tokenizer, "tokenizer")
+
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
         trainer = MOPPOTrainer(
-            config, args.policy, tokenizer=tokenizer, prompts=prompts, rewards=rewards
+            config,
+            args.policy,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            rewards=rewards,
+            eval_prompts=eval_prompts,
         )
         history = trainer.train()
-    except (RewardError, ValueError, FileNotFoundError) as exc:
+    except (RewardError, ValueError, FileNotFoundError, ImportError) as exc:
         print(f"paretoopt train: error: {exc}", file=sys.stderr)
         return 2
     if trainer.accelerator.is_main_process:

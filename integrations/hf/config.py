@@ -60,7 +60,8 @@ class MOPPOConfig:
     """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
     pama_fast_path: bool = True
     """PAMA via ``s* = pama_advantages(A)`` in one surrogate (True), or the generic
-    combiner route with the per-token ratio as the shared tensor (False); same update."""
+    combiner route with the per-token ratio as the shared tensor (False); same update.
+    Granularity "batch" needs True (the generic route sees one mini-batch at a time)."""
 
     # -- schedule ----------------------------------------------------------
     steps: int = 20
@@ -73,7 +74,8 @@ class MOPPOConfig:
     max_new_tokens: int = 16
     min_new_tokens: int = 0
     max_prompt_length: int | None = None
-    """Prompts longer than this many tokens are truncated from the left."""
+    """Prompts longer than this many tokens are truncated from the left; reward functions
+    get the prompt as truncated (what the policy saw)."""
 
     # -- optimisation -----------------------------------------------------
     learning_rate: float = 1e-5
@@ -85,8 +87,9 @@ class MOPPOConfig:
     # -- PPO / KL -----------------------------------------------------------
     kl_coef: float = 0.2
     adaptive_kl: bool = True
-    target_kl: float = 6.0
-    """Target of the adaptive controller: mean per-sequence KL (sum over tokens)."""
+    target_kl: float = 3.0
+    """Target of the adaptive controller: mean per-sequence KL (sum over tokens); 3 as in
+    the paper's hyper-parameter table."""
     kl_horizon: int = 10000
     """Horizon of the adaptive controller (Ziegler et al. 2019)."""
     cliprange: float = 0.2
@@ -100,8 +103,10 @@ class MOPPOConfig:
     uses; TRL also whitens advantages)."""
     advantage_normalization: Literal["none", "scale", "whiten"] = "none"
     """Per objective, over all valid tokens of all processes: "none" (the
-    paper), "scale" (divide by the std; keeps signs, so Noon clipping is
-    unchanged), "whiten" (subtract the mean too)."""
+    paper), "scale" (divide by the std; keeps signs, so Noon clipping zeroes the same
+    entries, but PAMA's min_i A_i then compares objectives in units of their own std:
+    which objective binds, and so the update, changes), "whiten" (subtract the mean too).
+    Without normalisation, PAMA's binding objective depends on the rewards' scales."""
     reward_clip: float | None = None
     """Clip each objective's score to [-reward_clip, reward_clip] (None: off)."""
     detach_value_input: bool = False
@@ -120,6 +125,42 @@ class MOPPOConfig:
     """Zero the base model's dropout (not LoRA's) so log-probs of the rollout and
     of the update agree."""
     gradient_checkpointing: bool = False
+    load_in_8bit: bool = False
+    """Base weights in 8 bits (bitsandbytes, the ``quant`` extra, a CUDA GPU); needs LoRA."""
+    load_in_4bit: bool = False
+    """Base weights in 4 bits (QLoRA); needs LoRA, bitsandbytes and a CUDA GPU."""
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_compute_dtype: str = "bfloat16"
+    bnb_4bit_use_double_quant: bool = True
+
+    # -- memory -------------------------------------------------------------
+    forward_chunk_size: int | None = None
+    """Sequences per forward pass when computing the rollout's log-probs and values
+    (policy, reference, value heads); None: ``mini_batch_size``."""
+    micro_batch_size: int | None = None
+    """Gradient accumulation: each mini-batch is run in micro-batches of this many sequences
+    whose token-weighted losses add up to the mini-batch's (the same update, less memory);
+    None: the whole mini-batch at once."""
+
+    # -- held-out evaluation and the shipped model ------------------------------
+    eval_every: int = 0
+    """Evaluate on the trainer's ``eval_prompts`` every this many steps (and at the end);
+    0: only at the end (when there are eval prompts)."""
+    eval_max_new_tokens: int | None = None
+    """Response length at evaluation (None: ``max_new_tokens``); greedy decoding."""
+    eval_samples: int = 4
+    """Rows of the samples table logged with each evaluation."""
+    eval_reference_point: list[float] | None = None
+    """Hypervolume reference point, one value per objective; None: each objective's worst
+    response score in the first evaluation."""
+    best_criterion: str | dict[str, float] | None = None
+    """Keep ``OUTPUT_DIR/best``, the checkpoint with the best evaluation by this criterion:
+    "hypervolume", "hypervolume_per_response", an objective's name, or weights
+    ``{"name": w}`` of a weighted mean reward; None: no best checkpoint."""
+    export_dir: str | None = None
+    """Write the shipped model here at the end of training (:mod:`.export`); None: don't."""
+    export_merged: bool = False
+    """Also export the LoRA adapter merged into the base weights."""
 
     # -- sampling -------------------------------------------------------------
     temperature: float = 1.0
@@ -210,6 +251,43 @@ class MOPPOConfig:
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         if self.use_lora and (self.lora_r < 1 or self.lora_alpha <= 0):
             raise ValueError("MOPPOConfig.lora_r must be >= 1 and lora_alpha > 0")
+        self._validate_llm_options()
+
+    def _validate_llm_options(self) -> None:
+        """Quantisation, memory, evaluation and export fields."""
+        from .quant import check_quantization
+
+        # Missing bitsandbytes or GPU: refused here, before any model is loaded.
+        check_quantization(self)
+        for name in ("forward_chunk_size", "micro_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"MOPPOConfig.{name} must be a positive integer or None")
+        if self.micro_batch_size is not None:
+            if self.micro_batch_size > self.mini_batch_size:
+                raise ValueError(
+                    f"MOPPOConfig.micro_batch_size ({self.micro_batch_size}) must not exceed "
+                    f"mini_batch_size ({self.mini_batch_size})"
+                )
+            if (
+                self.combiner in ("mgda", "mgda_ub")
+                and self.micro_batch_size < self.mini_batch_size
+            ):
+                raise ValueError(
+                    f"MOPPOConfig.micro_batch_size with combiner={self.combiner!r}: MGDA's "
+                    "min-norm weights need the whole mini-batch's gradients, so accumulating "
+                    "micro-batches would change the update; lower mini_batch_size instead"
+                )
+        if self.eval_every < 0 or self.eval_samples < 0:
+            raise ValueError("MOPPOConfig.eval_every and eval_samples must be >= 0")
+        if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
+            raise ValueError("MOPPOConfig.eval_max_new_tokens must be >= 1 or None")
+        if self.export_merged and not self.use_lora:
+            raise ValueError("MOPPOConfig.export_merged needs use_lora=True (merges the adapter)")
+        if self.export_merged and self.export_dir is None:
+            raise ValueError("MOPPOConfig.export_merged needs export_dir")
 
     def _validate_ppo_setup(self) -> None:
         """The fields of the "PPO set-up": weights, Noon, MGDA normalisation, warm-up."""

@@ -19,13 +19,17 @@ from .config import MOPPOConfig
 __all__ = [
     "DTYPES",
     "build_combiner",
+    "build_trainable",
+    "check_model_source",
     "combiner_weights",
+    "eos_token_ids",
     "from_pretrained",
     "generation_config",
     "hidden_size",
     "is_pama",
     "load_policy_and_reference",
     "load_tokenizer",
+    "looks_like_local_path",
     "uses_noon",
     "zero_dropout",
 ]
@@ -40,6 +44,7 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
             raise ValueError("pass tokenizer= when policy is a model instance")
         from transformers import AutoTokenizer
 
+        check_model_source(policy, "policy")
         tokenizer = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -49,22 +54,35 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
     return tokenizer
 
 
-def from_pretrained(path: str | Path, dtype: str | None) -> nn.Module:
+def from_pretrained(path: str | Path, dtype: str | None, **extra: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    check_model_source(path, "policy")
     # Never run code shipped with a checkpoint.
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    kwargs: dict[str, Any] = {"trust_remote_code": False, **extra}
     if dtype is not None:
         kwargs["dtype"] = "auto" if dtype == "auto" else DTYPES[dtype]
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 
 def load_policy_and_reference(
-    config: MOPPOConfig, policy: Any, resume_dir: Path | None
+    config: MOPPOConfig,
+    policy: Any,
+    resume_dir: Path | None,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
-    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled)."""
+    """Policy (trainable) and reference (frozen; None with LoRA: adapter disabled).
+
+    With ``load_in_8bit`` / ``load_in_4bit`` the base is loaded quantised onto ``device``
+    and prepared for k-bit training (:mod:`.quant`) before the adapter goes on.
+    """
+    from .quant import is_quantized, prepare_quantized_policy, quantized_load_kwargs
+
     cfg = config
-    base = from_pretrained(policy, cfg.dtype) if isinstance(policy, (str, Path)) else policy
+    if isinstance(policy, (str, Path)):
+        base = from_pretrained(policy, cfg.dtype, **quantized_load_kwargs(cfg, device))
+    else:
+        base = policy
     if cfg.disable_dropout:
         zero_dropout(base)
     if cfg.use_lora:
@@ -72,6 +90,8 @@ def load_policy_and_reference(
 
         if isinstance(base, PeftModel):
             raise ValueError("pass the base model; the trainer adds the LoRA adapter itself")
+        if is_quantized(base):
+            base = prepare_quantized_policy(base, cfg.gradient_checkpointing)
         if resume_dir is not None:
             model = PeftModel.from_pretrained(base, str(resume_dir / "policy"), is_trainable=True)
         else:
@@ -102,23 +122,118 @@ def load_policy_and_reference(
     return model, ref
 
 
+def build_trainable(
+    config: MOPPOConfig, model: nn.Module, n_objectives: int, accelerator: Any
+) -> tuple[nn.Module, Any]:
+    """The trainable module (policy + n value heads) and its AdamW, prepared by accelerate.
+
+    Quantised weights stay where bitsandbytes placed them while loading (they cannot move);
+    everything else goes to the accelerator's device.
+    """
+    from .quant import is_quantized
+    from .value_heads import PolicyWithValueHeads, ValueHeads
+
+    device = accelerator.device
+    heads = ValueHeads(hidden_size(model), n_objectives)
+    quantized = is_quantized(model)
+    module = PolicyWithValueHeads(model, heads.to(device))
+    if not quantized:
+        module.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if config.use_lora and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+    return accelerator.prepare(module, optimizer, device_placement=[not quantized, True])
+
+
 def generation_config(
-    config: MOPPOConfig, tokenizer: Any, *, do_sample: bool, max_new_tokens: int | None = None
+    config: MOPPOConfig,
+    tokenizer: Any,
+    *,
+    do_sample: bool,
+    max_new_tokens: int | None = None,
+    eos_token_ids: list[int] | None = None,
 ) -> Any:
+    """Sampling settings of the rollout; ``eos_token_ids`` (default: the tokenizer's EOS)
+    stop generation and end the response mask (see :func:`eos_token_ids`)."""
     from transformers import GenerationConfig
 
+    eos: Any = tokenizer.eos_token_id
+    if eos_token_ids:
+        eos = eos_token_ids[0] if len(eos_token_ids) == 1 else list(eos_token_ids)
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens or config.max_new_tokens,
         "min_new_tokens": config.min_new_tokens,
         "do_sample": do_sample,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": eos,
         "use_cache": True,
     }
     if do_sample:
         # top_k must be given explicitly: unset, generate() applies top_k=50.
         kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
     return GenerationConfig(**kwargs)
+
+
+def _as_id_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a response: the model's generation config (an int or a list, e.g.
+    Llama-3's ``<|eot_id|>`` beside ``<|end_of_text|>``), its config, and the tokenizer's EOS.
+
+    Order: the generation config's first (it is what ``generate`` would use), duplicates
+    dropped.
+    """
+    ids: list[int] = []
+    sources = [
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        getattr(getattr(model, "config", None), "eos_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ]
+    for source in sources:
+        for i in _as_id_list(source):
+            if i not in ids:
+                ids.append(i)
+    return ids
+
+
+def looks_like_local_path(name_or_path: str | Path) -> bool:
+    """True for what can only be a local path: absolute, ``./``, ``../``, ``~``, a backslash,
+    or more than one ``/`` (hub ids are ``name`` or ``org/name``)."""
+    text = str(name_or_path)
+    return (
+        isinstance(name_or_path, Path)
+        or Path(text).expanduser().is_absolute()
+        or text.startswith((".", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+    )
+
+
+def check_model_source(name_or_path: str | Path, what: str) -> None:
+    """Fail before any hub call when a local model path does not exist.
+
+    ``from_pretrained`` treats a missing folder as a hub id and answers with a hub error
+    ("Repo id must use alphanumeric chars ...") or a download attempt; say what is wrong.
+    """
+    path = Path(str(name_or_path)).expanduser()
+    if path.exists():
+        return
+    if looks_like_local_path(name_or_path):
+        raise FileNotFoundError(
+            f"{what} path {str(name_or_path)!r} does not exist (no such local folder); it is "
+            "not a hub id either, and nothing can be downloaded when offline"
+        )
 
 
 def is_pama(combiner: Any) -> bool:

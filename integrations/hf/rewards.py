@@ -7,16 +7,24 @@ names the function and the step when it is wrong (:class:`RewardError`).
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
+import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
 
+from .reward_models import RewardHead, shared_reward_model
+
 __all__ = [
+    "NamedReward",
     "RewardError",
     "RewardFunction",
     "RewardModelFunction",
+    "import_reward_function",
     "length_reward",
     "make_length_reward",
     "parse_reward_spec",
@@ -73,12 +81,26 @@ length_reward = make_length_reward()
 """``clip(len(response) / 140, 0, 1)`` in characters; see :func:`make_length_reward`."""
 
 
-class RewardModelFunction:
+class RewardModelFunction(RewardHead):
     """A sequence-classification reward model used as a reward function.
 
-    ``r = logits[label_index]`` of ``AutoModelForSequenceClassification`` on
-    ``prompt + separator + response``.  Loading is lazy (first call or
-    :meth:`to`), through the ordinary ``from_pretrained(name_or_path)``.
+    ``r = logits[label_index]`` of ``AutoModelForSequenceClassification`` on the exchange:
+    through the reward model's own chat template for conversation prompts when its tokenizer
+    has one, otherwise ``join(prompt, response)``. Loading is lazy (first call or
+    :meth:`load`), through the ordinary ``from_pretrained(name_or_path)``; a local path that
+    does not exist is refused here, before any hub call. The weights are shared: every
+    reward function on the same path and dtype uses one loaded copy and one forward pass
+    per batch (:class:`~.reward_models.RewardModel`).
+
+    Args:
+        separator: what goes between prompt and response. ``None`` (default): one space,
+            unless the prompt ends or the response starts with whitespace (decoded
+            responses of SentencePiece tokenizers, e.g. Llama's, drop their leading space,
+            so plain concatenation would fuse the last prompt word with the first response
+            word; GPT-2-style byte-level BPE keeps it). A string is used as given, e.g.
+            ``""`` for plain concatenation or ``"\n"``.
+        max_length: longer texts lose their beginning (the response, at the end, is what is
+            judged; a decoder reward model reads its last token).
     """
 
     def __init__(
@@ -90,20 +112,26 @@ class RewardModelFunction:
         tokenizer: Any = None,
         batch_size: int = 32,
         max_length: int | None = 512,
-        separator: str = "",
+        separator: str | None = None,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
+        use_chat_template: bool = True,
     ) -> None:
-        self.name_or_path = str(name_or_path)
-        self.label_index = int(label_index)
-        self.name = name or self.name_or_path.rstrip("/").split("/")[-1]
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.separator = separator
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else None
-        self._tokenizer = tokenizer
-        self._model: Any = None
+        from .models import check_model_source
+
+        check_model_source(name_or_path, f"reward model {name or str(name_or_path)!r}:")
+        model = shared_reward_model(
+            name_or_path,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_length=max_length,
+            separator=separator,
+            dtype=dtype,
+            use_chat_template=use_chat_template,
+        )
+        if device is not None:
+            model.to(device)
+        super().__init__(model, label_index, name=name)
 
     def __repr__(self) -> str:
         return (
@@ -111,55 +139,9 @@ class RewardModelFunction:
             f"name={self.name!r})"
         )
 
-    def to(self, device: str | torch.device) -> RewardModelFunction:
-        self.device = torch.device(device)
-        if self._model is not None:
-            self._model.to(self.device)
-        return self
-
-    def _load(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(
-                self.name_or_path, trust_remote_code=False
-            )
-        kwargs: dict[str, Any] = {"trust_remote_code": False}
-        if self.dtype is not None:
-            kwargs["dtype"] = self.dtype
-        model = AutoModelForSequenceClassification.from_pretrained(self.name_or_path, **kwargs)
-        if self._tokenizer.pad_token is None:
-            # Classification heads of decoder models find the last token through the pad id.
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self._tokenizer.pad_token_id
-        n_labels = int(model.config.num_labels)
-        if not -n_labels <= self.label_index < n_labels:
-            raise ValueError(
-                f"reward model {self.name_or_path!r} has {n_labels} labels; "
-                f"label_index {self.label_index} is out of range"
-            )
-        model.eval().requires_grad_(False)
-        self._model = model.to(self.device or torch.device("cpu"))
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        if self._model is None:
-            self._load()
-        texts = [p + self.separator + r for p, r in zip(prompts, responses, strict=True)]
-        device = next(self._model.parameters()).device
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self._tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
-            logits = self._model(**enc).logits.float()
-            out.extend(logits[:, self.label_index].tolist())
-        return out
+    def join(self, prompt: str, response: str) -> str:
+        """The text the reward model scores without a chat template (see ``separator``)."""
+        return self.reward_model.join(prompt, response)
 
 
 def reward_name(fn: Any, index: int) -> str:
@@ -170,13 +152,79 @@ def reward_name(fn: Any, index: int) -> str:
     return str(name)
 
 
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def is_callable_spec(target: str) -> bool:
+    """``package.module:function`` (dotted identifiers on both sides of one colon)."""
+    module, sep, attr = target.partition(":")
+    return bool(sep) and bool(_DOTTED.match(module)) and bool(_DOTTED.match(attr))
+
+
+class NamedReward:
+    """A user's reward callable under the name given on the command line."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, target: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.target = target
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Any:
+        return self.fn(prompts, responses)
+
+    def __repr__(self) -> str:
+        return f"NamedReward({self.name!r}, {self.target!r})"
+
+
+def import_reward_function(target: str, name: str | None = None) -> NamedReward:
+    """Import ``package.module:function`` (a callable ``(prompts, responses) -> floats``).
+
+    Only the module named is imported (``importlib.import_module``; the current directory
+    is searched first, as ``python -m`` would), then the attribute path is followed with
+    ``getattr``: nothing is evaluated. Errors say which reward and what failed.
+    """
+    module_name, _, attr = target.partition(":")
+    label = f"reward {name or target!r}"
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or an error raised by the module's own code
+        raise ValueError(
+            f"{label}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
+            "it must be importable from the current directory or the Python path"
+        ) from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ValueError(f"{label}: module {module_name!r} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(
+            f"{label}: {target} is a {type(fn).__name__}, not a callable "
+            "(prompts, responses) -> floats"
+        )
+    return NamedReward(fn, name or attr.split(".")[-1], target)
+
+
 def parse_reward_spec(spec: str) -> Callable[[list[str], list[str]], Sequence[float]]:
     """Turn a command-line reward spec into a reward function.
 
     - ``length`` -> :data:`length_reward`;
     - ``length:SCALE[:LO:HI[:UNIT]]`` -> :func:`make_length_reward`;
+    - ``[NAME=]package.module:function`` -> that Python callable
+      ``(prompts, responses) -> floats`` (:func:`import_reward_function`), named NAME or
+      after the function;
     - ``NAME=NAME_OR_PATH[:LABEL]`` -> :class:`RewardModelFunction` named NAME;
     - ``NAME_OR_PATH[:LABEL]`` -> the same, named after the path.
+
+    A spec is a callable when it is ``dotted.identifiers:identifier`` and no such file or
+    folder exists; a model path never has that shape unless it exists.
     """
     spec = spec.strip()
     if spec == "length":
@@ -194,6 +242,8 @@ def parse_reward_spec(spec: str) -> Callable[[list[str], list[str]], Sequence[fl
         name, spec = spec.split("=", 1)
         if not name:
             raise ValueError("reward spec NAME=PATH needs a non-empty NAME")
+    if is_callable_spec(spec) and not os.path.exists(spec.partition(":")[0]):
+        return import_reward_function(spec, name)
     path, label = spec, 0
     head, sep, tail = spec.rpartition(":")
     if sep and tail.lstrip("-").isdigit():

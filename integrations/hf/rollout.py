@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Rollout", "generate_rollout", "response_mask", "tokenize_prompts"]
+__all__ = [
+    "Rollout",
+    "generate_rollout",
+    "prompts_as_seen",
+    "response_mask",
+    "tokenize_prompts",
+    "warn_processed_sampling",
+]
 
 
 @dataclass
 class Rollout:
     """One batch of prompts and sampled responses (tensors on the model's device).
 
+    ``prompts`` are the prompts as the policy saw them: a prompt cut to
+    ``max_prompt_length`` tokens is the decoded kept tokens, so reward functions score
+    what the response continues (other prompts are unchanged).
     ``input_ids[B, P + T]`` is the left-padded prompt followed by the response;
     ``attention_mask`` covers real prompt tokens and response tokens up to the
     first EOS; ``mask[B, T]`` marks those response tokens.
@@ -25,6 +36,8 @@ class Rollout:
     attention_mask: torch.Tensor
     mask: torch.Tensor
     response_start: int
+    conversations: list[Any] | None = None
+    """The prompts as given when they are conversations (``prompts`` holds their rendering)."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -32,17 +45,36 @@ class Rollout:
 
 
 def tokenize_prompts(
-    tokenizer: Any, prompts: list[str], device: torch.device, max_length: int | None = None
+    tokenizer: Any,
+    prompts: list[str],
+    device: torch.device,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Left-padded prompt batch (generation appends on the right)."""
-    enc = tokenizer(
-        prompts,
-        padding=True,
-        padding_side="left",
-        truncation=max_length is not None,
-        max_length=max_length,
-        return_tensors="pt",
-    )
+    """Left-padded prompt batch (generation appends on the right).
+
+    ``add_special_tokens=False`` for text rendered by a chat template, which already holds
+    the model's BOS (adding it again would give two). Prompts longer than ``max_length``
+    tokens lose their *beginning*: the end of a prompt (a chat template's assistant header,
+    the question) is what the response continues. The tokenizer's own ``truncation_side``
+    is restored afterwards.
+    """
+    side = getattr(tokenizer, "truncation_side", None)
+    if max_length is not None:
+        tokenizer.truncation_side = "left"
+    try:
+        enc = tokenizer(
+            prompts,
+            add_special_tokens=add_special_tokens,
+            padding=True,
+            padding_side="left",
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+    finally:
+        if max_length is not None:
+            tokenizer.truncation_side = side
     if enc["input_ids"].shape[1] == 0:
         raise ValueError("every prompt tokenized to zero tokens; give non-empty prompts")
     counts = enc["attention_mask"].sum(dim=1).tolist()
@@ -77,13 +109,15 @@ def generate_rollout(
     *,
     device: torch.device,
     max_prompt_length: int | None = None,
+    add_special_tokens: bool = True,
 ) -> Rollout:
     """Sample one response per prompt with ``model.generate`` (KV cache on).
 
     ``generation_config`` is a ``transformers.GenerationConfig``; its EOS ids
     define where responses end.
     """
-    enc = tokenize_prompts(tokenizer, prompts, device, max_prompt_length)
+    enc = tokenize_prompts(tokenizer, prompts, device, max_prompt_length, add_special_tokens)
+    seen = prompts_as_seen(tokenizer, prompts, enc, max_prompt_length, add_special_tokens)
     out = model.generate(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
@@ -103,7 +137,7 @@ def generate_rollout(
     attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)
     responses = decode_responses(tokenizer, response_ids, mask)
     return Rollout(
-        prompts=list(prompts),
+        prompts=seen,
         responses=responses,
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -119,3 +153,60 @@ def decode_responses(tokenizer: Any, response_ids: torch.Tensor, mask: torch.Ten
     return tokenizer.batch_decode(
         [row[:n] for row, n in zip(ids, lengths, strict=True)], skip_special_tokens=True
     )
+
+
+def prompts_as_seen(
+    tokenizer: Any,
+    prompts: list[str],
+    enc: dict[str, torch.Tensor],
+    max_length: int | None,
+    add_special_tokens: bool = True,
+) -> list[str]:
+    """The prompt text the policy was conditioned on.
+
+    Unchanged where nothing was cut; where truncation cut a prompt, the decoded kept tokens
+    (special tokens of a chat template kept, a leading BOS the tokenizer adds itself
+    dropped, since a reward model's tokenizer adds its own).
+    """
+    out = list(prompts)
+    if max_length is None:
+        return out
+    full = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+    ids = enc["input_ids"].tolist()
+    keep = enc["attention_mask"].tolist()
+    bos = getattr(tokenizer, "bos_token_id", None)
+    for b, (row, valid) in enumerate(zip(ids, keep, strict=True)):
+        if len(full[b]) <= max_length:
+            continue
+        kept = [t for t, v in zip(row, valid, strict=True) if v]
+        if bos is not None and kept and kept[0] == bos and full[b][:1] == [bos]:
+            kept = kept[1:]
+        out[b] = tokenizer.decode(kept, skip_special_tokens=False)
+    return out
+
+
+def warn_processed_sampling(config: Any) -> None:
+    """Warn when responses come from a processed distribution the update does not use.
+
+    The ratio and the KL penalty are computed from ``softmax(logits / temperature)``;
+    ``top_k > 0``, ``top_p < 1`` and ``min_new_tokens > 0`` (which forbids EOS at first)
+    sample from a truncated or reshaped distribution instead, so the rollout is off-policy
+    by an amount nothing corrects, and a sampled token can have a tiny probability under
+    the policy the ratio uses.
+    """
+    changed = []
+    if config.top_k > 0:
+        changed.append(f"top_k={config.top_k}")
+    if config.top_p < 1.0:
+        changed.append(f"top_p={config.top_p}")
+    if config.min_new_tokens > 0:
+        changed.append(f"min_new_tokens={config.min_new_tokens}")
+    if changed:
+        warnings.warn(
+            f"sampling with {', '.join(changed)}: responses come from a processed "
+            "distribution, but the PPO ratio and the KL penalty use the unprocessed policy "
+            "softmax(logits / temperature); the rollout is off-policy by the difference. "
+            "Leave top_k=0, top_p=1.0 and min_new_tokens=0 for on-policy PPO.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -24,8 +24,16 @@ __all__ = ["CHECKPOINT_VERSION", "load_training_state", "save_checkpoint"]
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(trainer: MOPPOTrainer, directory: str | Path | None = None) -> Path:
-    """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically."""
+def save_checkpoint(
+    trainer: MOPPOTrainer,
+    directory: str | Path | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically.
+
+    ``extra_files`` (name -> text) are written into the same folder before it appears, e.g.
+    the evaluation that made it the best checkpoint.
+    """
     from safetensors.torch import save_file
 
     target = (
@@ -55,9 +63,12 @@ def save_checkpoint(trainer: MOPPOTrainer, directory: str | Path | None = None) 
                 "use_lora": trainer.config.use_lora,
                 "config": trainer.config.to_dict(),
                 "history": trainer.history,
+                "eval_history": getattr(trainer, "eval_history", []),
                 "value_warmup_step": trainer.value_warmup_step,
                 "value_warmup_history": trainer.value_warmup_history,
             }
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
 
         atomic_write_dir(target, write)
@@ -89,6 +100,7 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     trainer.kl_controller.load_state_dict(state["kl_controller"])
     trainer.global_step = int(state["step"])
     trainer.history = list(state.get("history", []))
+    trainer.eval_history = list(state.get("eval_history", []))
     trainer.value_warmup_step = int(state.get("value_warmup_step", 0))
     trainer.value_warmup_history = list(state.get("value_warmup_history", []))
     rng_path = folder / "rng_state.pt"

@@ -29,26 +29,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from .advantages import AdaptiveKLController, gae, kl_penalized_rewards, normalize_advantages
-from .checkpoint import STATE_FILE, find_latest_checkpoint, is_checkpoint
+from .advantages import (
+    AdaptiveKLController,
+    gae,
+    kl_penalized_rewards,
+    normalize_advantages,
+    scalarize_advantages,
+)
+from .checkpoint import resolve_resume
 from .config import WEIGHTED_COMBINERS, MOPPOConfig
+from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
+from .evaluation import (
+    BestCheckpoint,
+    EvalResult,
+    evaluate_trainer,
+    generate_responses,
+    run_evaluation,
+)
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
+    build_trainable,
     combiner_weights,
+    eos_token_ids,
     generation_config,
-    hidden_size,
     is_pama,
     load_policy_and_reference,
     load_tokenizer,
     uses_noon,
 )
+from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
-from .rewards import RewardModelFunction, parse_reward_spec, reward_name, score_batch
-from .rollout import Rollout, generate_rollout
+from .reward_models import RewardHead, bind_prompt_texts, unique_reward_names
+from .rewards import parse_reward_spec, score_batch
+from .rollout import Rollout, generate_rollout, warn_processed_sampling
 from .state import load_training_state, save_checkpoint
-from .update import RolloutBatch, ppo_update
-from .value_heads import PolicyWithValueHeads, ValueHeads, response_forward
+from .update import RolloutBatch, check_accumulation, ppo_update
+from .value_heads import PolicyWithValueHeads, response_forward
 from .warmup import run_value_warmup
 
 __all__ = ["MOPPOTrainer", "RolloutBatch"]
@@ -63,7 +80,12 @@ class MOPPOTrainer:
             or a ``PreTrainedModel`` (trained in place; the reference is a frozen copy).
         tokenizer: a tokenizer; loaded from ``policy`` when it is a name or path.
         prompts: the prompt pool; each step samples ``config.batch_size`` per process.
-        rewards: n reward functions ``(prompts, responses) -> list[float]``,
+            Strings or conversations (lists of ``{"role", "content"}`` messages, rendered
+            with the tokenizer's chat template), or any source
+            :func:`~.data.load_prompt_dataset` reads (a ``datasets.Dataset``, a file, ...).
+        rewards: n reward functions ``(prompts, responses) -> list[float]``. They receive
+            the prompts as given (a conversation stays a list of messages); a function that
+            takes a ``prompt_texts`` keyword also gets the text the policy saw. Also
             :class:`~paretoopt.integrations.hf.RewardModelFunction` instances, or specs such
             as ``"length"`` / ``"name=PATH:LABEL"`` (see ``parse_reward_spec``).
         reward_names: names for logging (default: the functions' names).
@@ -71,6 +93,8 @@ class MOPPOTrainer:
         callbacks: extra ``transformers.TrainerCallback`` objects (``on_log`` gets
             every step's metrics), besides those named in ``config.report_to``.
         accelerator: an ``accelerate.Accelerator``; one is made from the config if None.
+        eval_prompts: held-out prompts (any prompt source) evaluated every
+            ``config.eval_every`` steps and at the end (:mod:`.evaluation`).
     """
 
     def __init__(
@@ -78,12 +102,13 @@ class MOPPOTrainer:
         config: MOPPOConfig,
         policy: str | Path | nn.Module,
         tokenizer: Any = None,
-        prompts: Sequence[str] = (),
+        prompts: Sequence[Prompt] | Any = (),
         rewards: Sequence[Callable[..., Any] | str] = (),
         reward_names: Sequence[str] | None = None,
         combiner: Any = None,
         callbacks: Sequence[Any] = (),
         accelerator: Any = None,
+        eval_prompts: Sequence[Prompt] | Any = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -97,39 +122,36 @@ class MOPPOTrainer:
         # The same seed on every process: value heads (and LoRA) start identical.
         set_seed(config.seed)
 
-        self.prompts = [str(p) for p in prompts]
-        if not self.prompts:
+        if isinstance(prompts, Sequence) and not isinstance(prompts, str) and not len(prompts):
             raise ValueError("MOPPOTrainer needs a non-empty list of prompts")
+        self.prompts: list[Prompt] = load_prompt_dataset(prompts)
+        self.eval_prompts: list[Prompt] | None = (
+            None if eval_prompts is None else load_prompt_dataset(eval_prompts)
+        )
         self.reward_fns = [parse_reward_spec(r) if isinstance(r, str) else r for r in rewards]
         if not self.reward_fns:
             raise ValueError("MOPPOTrainer needs at least one reward function")
         for index, fn in enumerate(self.reward_fns):
             if not callable(fn):
                 raise TypeError(f"reward {index} is not callable: {fn!r}")
-            if isinstance(fn, RewardModelFunction):
+            if isinstance(fn, RewardHead):
                 fn.to(self.device)
         self.n_objectives = len(self.reward_fns)
-        self.reward_names = self._resolve_names(reward_names)
+        self.reward_names = unique_reward_names(self.reward_fns, reward_names)
         if combiner is None and config.combiner in WEIGHTED_COMBINERS:
             combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
-        self.resume_dir = self._resolve_resume(config.resume_from)
+        self.resume_dir = resolve_resume(config.resume_from, config.output_dir)
         self.tokenizer = load_tokenizer(policy, tokenizer)
-        model, self.ref_model = load_policy_and_reference(config, policy, self.resume_dir)
-        heads = ValueHeads(hidden_size(model), self.n_objectives)
-        module = PolicyWithValueHeads(model, heads).to(self.device)
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if config.use_lora and hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable,
-            lr=config.learning_rate,
-            eps=config.adam_eps,
-            weight_decay=config.weight_decay,
+        self.policy_source = str(policy) if isinstance(policy, (str, Path)) else None
+        if is_conversation(self.prompts[0]):
+            render_prompts(self.tokenizer, self.prompts[:1])  # no chat template: fail now
+        model, self.ref_model = load_policy_and_reference(
+            config, policy, self.resume_dir, self.device
         )
-        self.model, self.optimizer = self.accelerator.prepare(module, optimizer)
+        self.model, self.optimizer = build_trainable(
+            config, model, self.n_objectives, self.accelerator
+        )
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
@@ -145,6 +167,10 @@ class MOPPOTrainer:
         self.value_warmup_step = 0
         """Value warm-up steps done (``config.value_warmup_steps``; :mod:`.warmup`)."""
         self.value_warmup_history: list[dict[str, float]] = []
+        check_pama_route(self.combiner, config.pama_fast_path)
+        warn_processed_sampling(config)
+        self.eos_token_ids = eos_token_ids(self.policy, self.tokenizer)
+        check_accumulation(self)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
             config.kl_coef, config.target_kl, config.kl_horizon, config.adaptive_kl
@@ -155,43 +181,19 @@ class MOPPOTrainer:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self._callbacks = list(callbacks)
         self._report: Reporter | None = None
+        self.eval_history: list[dict[str, Any]] = []
+        self.best = BestCheckpoint.from_config(config, self.reward_names)
         if self.resume_dir is not None:
             load_training_state(self, self.resume_dir)
+            if self.best is not None:
+                self.best.restore()
 
     # ------------------------------------------------------------------ setup
 
-    def _resolve_names(self, names: Sequence[str] | None) -> list[str]:
-        if names is None:
-            names = [reward_name(fn, i) for i, fn in enumerate(self.reward_fns)]
-        names = [str(n) for n in names]
-        if len(names) != self.n_objectives:
-            raise ValueError(f"{len(names)} reward_names for {self.n_objectives} reward functions")
-        seen: dict[str, int] = {}
-        unique = []
-        for name in names:  # metric keys must not collide
-            seen[name] = seen.get(name, 0) + 1
-            unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
-        return unique
-
-    def _resolve_resume(self, resume_from: str | None) -> Path | None:
-        if resume_from is None:
-            return None
-        if resume_from == "latest":
-            found = find_latest_checkpoint(self.config.output_dir)
-            if found is None:
-                raise FileNotFoundError(
-                    f"resume_from='latest' but no complete checkpoint-* in {self.config.output_dir}"
-                )
-            return found
-        path = Path(resume_from)
-        if not is_checkpoint(path):
-            raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
-        return path
-
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
-        return generation_config(
-            self.config, self.tokenizer, do_sample=do_sample, max_new_tokens=max_new_tokens
-        )
+        eos = self.eos_token_ids
+        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_ids=eos)
+        return generation_config(self.config, self.tokenizer, **kw)
 
     @property
     def unwrapped(self) -> PolicyWithValueHeads:
@@ -241,45 +243,45 @@ class MOPPOTrainer:
         self.global_step = step
         return metrics
 
-    def sample_prompts(self, step: int) -> list[str]:
-        """This process's prompts for ``step`` (1-based): a function of (seed, step) only.
+    def sample_prompts(self, step: int) -> list[Prompt]:
+        """This process's prompts for ``step`` (1-based): a function of (seed, step) only
+        (:func:`.data.sample_prompts`)."""
+        acc = self.accelerator
+        return sample_prompts(
+            self.prompts, self.config.seed, step, self.config.batch_size,
+            acc.process_index, acc.num_processes,
+        )  # fmt: skip
 
-        Prompts are visited in a fresh random order each pass over the pool;
-        process p takes its own slice of the global batch.
+    def rollout(self, prompts: list[Prompt]) -> Rollout:
+        """Sample one response per prompt from the current policy.
+
+        Conversations are rendered with the chat template (generation prompt added) and
+        tokenized without adding special tokens again; ``Rollout.conversations`` keeps them.
         """
-        n_proc = self.accelerator.num_processes
-        global_batch = self.config.batch_size * n_proc
-        start = (step - 1) * global_batch + self.accelerator.process_index * self.config.batch_size
-        pool = len(self.prompts)
-        out = []
-        perm_epoch, perm = -1, None
-        for k in range(start, start + self.config.batch_size):
-            epoch = k // pool
-            if epoch != perm_epoch:
-                gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-                perm, perm_epoch = torch.randperm(pool, generator=gen).tolist(), epoch
-            out.append(self.prompts[perm[k % pool]])  # type: ignore[index]
-        return out
-
-    def rollout(self, prompts: list[str]) -> Rollout:
-        """Sample one response per prompt from the current policy."""
         self.model.eval()
+        chat = bool(prompts) and is_conversation(prompts[0])
         with self.accelerator.autocast():
-            return generate_rollout(
+            rollout = generate_rollout(
                 self.policy,
                 self.tokenizer,
-                prompts,
+                render_prompts(self.tokenizer, prompts),
                 self.generation_config,
                 device=self.device,
                 max_prompt_length=self.config.max_prompt_length,
+                add_special_tokens=not chat,
             )
+        if chat:
+            rollout.conversations = list(prompts)
+        return rollout
 
     def score(self, rollout: Rollout, step: int | None = None) -> torch.Tensor:
         """Scores ``[n, B]`` on the device (see :func:`.rewards.score_batch`)."""
+        # Functions taking ``prompt_texts`` also get the text the policy saw.
+        fns = [bind_prompt_texts(fn, rollout.prompts) for fn in self.reward_fns]
         scores = score_batch(
-            self.reward_fns,
+            fns,
             self.reward_names,
-            rollout.prompts,
+            rollout.conversations or rollout.prompts,
             rollout.responses,
             step=self.global_step + 1 if step is None else step,
         )
@@ -299,9 +301,10 @@ class MOPPOTrainer:
 
     @torch.no_grad()
     def forward_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Log-probs under the policy and the reference, and the n values, in mini-batches."""
+        """Log-probs under the policy and the reference, and the n values, in chunks of
+        ``forward_chunk_size`` sequences (default ``mini_batch_size``)."""
         self.model.eval()
-        mb = self.config.mini_batch_size
+        mb = self.config.forward_chunk_size or self.config.mini_batch_size
         parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "ref_logprobs": []}
         temperature = self.config.temperature
         for lo in range(0, rollout.input_ids.shape[0], mb):
@@ -352,30 +355,26 @@ class MOPPOTrainer:
         clock: PhaseClock | None = None,
     ) -> RolloutBatch:
         """Normalisation, Noon clip and, for PAMA's fast path, the closed form ``s*``."""
-        from paretoopt import noon_clip, pama_advantages, pama_stats
+        from paretoopt import noon_clip, pama_stats
 
         cfg = self.config
         mask = rollout.mask
-        normalized = normalize_advantages(
-            raw, mask, cfg.advantage_normalization, gather=self.accelerator.gather
-        )
+        gather = self.accelerator.gather
+        normalized = normalize_advantages(raw, mask, cfg.advantage_normalization, gather=gather)
         advantages = (noon_clip(normalized) if self.noon else normalized) * mask.unsqueeze(0)
         extra: dict[str, Any] = {}
         if self.scalarized_reward:
-            extra["scalar_advantages"] = self.scalarized_advantages(raw, mask)
+            extra["scalar_advantages"] = scalarize_advantages(
+                raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
+            )
         if is_pama(self.combiner):
-            # Diagnostics on the normalised, not yet clipped advantages (conflict = signs differ).
-            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon)
-        if self.use_pama_fast_path:
             with (clock or PhaseClock(self.device)).add("combine"):
-                s_star, weights = pama_advantages(
-                    advantages,
-                    mask,
-                    granularity=getattr(self.combiner, "granularity", cfg.pama_granularity),
-                    noon=self.noon,
-                    return_weights=True,
-                )
-            extra.update(s_star=s_star, pama_weights=weights)
+                granularity = getattr(self.combiner, "granularity", cfg.pama_granularity)
+                s_star, weights = pama_targets(advantages, mask, granularity, noon=self.noon)
+            # Diagnostics of the s* trained on; conflict from the normalised, unclipped signs.
+            extra["pama_stats"] = pama_stats(normalized, mask, noon=self.noon, weights=weights)
+            if self.use_pama_fast_path:
+                extra.update(s_star=s_star, pama_weights=weights)
         return RolloutBatch(
             rollout,
             scores,
@@ -388,21 +387,6 @@ class MOPPOTrainer:
             kl=kl,
             **extra,
         )
-
-    def scalarized_advantages(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MORLHF's one advantage per token: ``A = sum_i w_i A'_i``, then the normalisation.
-
-        GAE is linear in the rewards and the values, so ``sum_i w_i GAE(r_i, V_i)`` is GAE on
-        the scalarised reward ``sum_i w_i r_i`` with the value ``sum_i w_i V_i``: the n
-        value heads stay, and their weighted sum is the scalarised reward's critic. No Noon:
-        the standard PPO surrogate takes the signed advantage.
-        """
-        w = torch.tensor(self.combiner.weights, dtype=raw.dtype, device=raw.device)
-        scalar = (w.view(-1, 1, 1) * raw).sum(0, keepdim=True)
-        scalar = normalize_advantages(
-            scalar, mask, self.config.advantage_normalization, gather=self.accelerator.gather
-        )
-        return scalar[0] * mask
 
     def update(
         self, batch: RolloutBatch, step: int, clock: PhaseClock | dict[str, float] | None = None
@@ -445,10 +429,19 @@ class MOPPOTrainer:
                     }
                     shown["kl"] = f"{metrics['kl']:.3g}"
                     bar.set_postfix(shown)
+                if cfg.eval_every and self.global_step % cfg.eval_every == 0:
+                    self.run_evaluation()
                 if cfg.save_every and self.global_step % cfg.save_every == 0:
                     self.save_checkpoint()
+            evaluated = (
+                bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
+            )
+            if self.eval_prompts is not None and not evaluated:
+                self.run_evaluation()
             if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
                 self.save_checkpoint()
+            if cfg.export_dir is not None:
+                self.export(cfg.export_dir, merged=cfg.export_merged)
         finally:
             if bar is not None:
                 bar.close()
@@ -456,18 +449,35 @@ class MOPPOTrainer:
                 self._report.on_train_end()
         return self.history
 
+    def evaluate(self, prompts: Sequence[Prompt] | Any = None) -> EvalResult:
+        """Held-out rewards and hypervolumes of the current policy on ``prompts`` (default
+        ``eval_prompts``); see :func:`.evaluation.evaluate_trainer`."""
+        return evaluate_trainer(self, prompts)
+
+    def run_evaluation(self) -> EvalResult:
+        """Evaluate, log (``OUTPUT_DIR/eval.jsonl``, ``eval/*`` metrics to ``report_to``) and
+        update the best checkpoint."""
+        return run_evaluation(self)
+
+    def export(self, directory: str | Path, merged: bool = False) -> Path:
+        """The shipped model (adapter, merged weights on request, tokenizer, model card) in
+        ``directory`` (:func:`.export.export_model`); the card shows the last evaluation."""
+        from .export import export_model
+
+        last = self.eval_history[-1] if self.eval_history else None
+        return export_model(self, directory, merged=merged, eval_metrics=last)
+
     def log_value_warmup(self, metrics: dict[str, float]) -> None:
         """A warm-up step's metrics: kept apart from ``history``, logged with ``step`` 0."""
         self.value_warmup_history.append(metrics)
-        if not self.accelerator.is_main_process:
-            return
-        if self.config.log_jsonl:
-            append_jsonl(self.metrics_path, metrics)
-        if self._report is not None:
-            self._report.on_log(metrics)
+        self._emit(metrics)
 
     def log(self, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
+        self._emit(metrics)
+
+    def _emit(self, metrics: dict[str, float]) -> None:
+        """JSONL and ``report_to``, from the main process only."""
         if not self.accelerator.is_main_process:
             return
         if self.config.log_jsonl:
@@ -475,31 +485,15 @@ class MOPPOTrainer:
         if self._report is not None:
             self._report.on_log(metrics)
 
-    @torch.no_grad()
     def generate(
-        self,
-        prompts: Sequence[str],
-        max_new_tokens: int | None = None,
-        do_sample: bool = False,
+        self, prompts: Sequence[Prompt], max_new_tokens: int | None = None, do_sample: bool = False
     ) -> list[str]:
-        """Responses only (no prompt), greedy by default; in batches of ``batch_size``."""
-        config = self._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
-        self.model.eval()
-        texts: list[str] = []
-        prompts = list(prompts)
-        for lo in range(0, len(prompts), self.config.batch_size):
-            with self.accelerator.autocast():
-                roll = generate_rollout(
-                    self.policy,
-                    self.tokenizer,
-                    prompts[lo : lo + self.config.batch_size],
-                    config,
-                    device=self.device,
-                    max_prompt_length=self.config.max_prompt_length,
-                )
-            texts.extend(roll.responses)
-        return texts
+        """Responses only (no prompt), greedy by default, in batches of ``batch_size``;
+        conversations rendered with the chat template as in training."""
+        return generate_responses(self, prompts, max_new_tokens, do_sample)
 
-    def save_checkpoint(self, directory: str | Path | None = None) -> Path:
+    def save_checkpoint(
+        self, directory: str | Path | None = None, extra_files: dict[str, str] | None = None
+    ) -> Path:
         """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically."""
-        return save_checkpoint(self, directory)
+        return save_checkpoint(self, directory, extra_files)

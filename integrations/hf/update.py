@@ -9,6 +9,7 @@ PPO losses; :func:`ppo_update` is the loop around it.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,7 +23,14 @@ from .value_heads import clipped_value_loss
 if TYPE_CHECKING:
     from .trainer import MOPPOTrainer
 
-__all__ = ["RolloutBatch", "dp_loss_scale", "policy_loss", "ppo_update"]
+__all__ = [
+    "RolloutBatch",
+    "check_accumulation",
+    "dp_loss_scale",
+    "micro_batches",
+    "policy_loss",
+    "ppo_update",
+]
 
 
 class RolloutBatch:
@@ -89,6 +97,7 @@ def policy_loss(
     out: dict[str, torch.Tensor],
     batch: RolloutBatch,
     idx: torch.Tensor,
+    loss_scale: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
     """The combined policy loss of one mini-batch; its weights [n] and stats.
 
@@ -97,6 +106,9 @@ def policy_loss(
     per-objective (Noon, per ``trainer.noon``) PPO losses go to the combiner,
     with ``shared=`` the last hidden states (MGDA-UB), the per-token ratio
     (generic PAMA), or ``params=`` the trainable policy parameters (exact MGDA).
+
+    ``loss_scale`` replaces the data-parallel factor :func:`dp_loss_scale` (the update passes
+    it already multiplied by a micro-batch's share of the mini-batch's tokens).
     """
     from paretoopt.losses import ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
 
@@ -104,7 +116,7 @@ def policy_loss(
     combiner = trainer.combiner
     mask = batch.mask[idx]
     anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
-    scale = dp_loss_scale(trainer, mask)
+    scale = dp_loss_scale(trainer, mask) if loss_scale is None else loss_scale
     if trainer.use_pama_fast_path:
         assert batch.s_star is not None
         loss = ppo_surrogate(
@@ -128,6 +140,7 @@ def policy_loss(
             u, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
         )
         kwargs["shared"] = u
+        kwargs["mask"] = mask  # weights and rates over valid tokens, not padding
     else:
         losses = ppo_losses(
             out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
@@ -153,12 +166,52 @@ def policy_loss(
     return result.loss, result.weights, stats
 
 
+def check_accumulation(trainer: MOPPOTrainer) -> None:
+    """Refuse micro-batches where they would change the update.
+
+    Accumulation is exact when the policy loss is a token mean whose per-token terms do not
+    depend on the rest of the mini-batch: PAMA's fast path (``s*`` fixed before the update),
+    fixed weights, PAMA's generic route per token. MGDA's weights (and PAMA's per sample or
+    per batch on the generic route) come from the whole mini-batch's gradients.
+    """
+    mb = trainer.config.micro_batch_size
+    if mb is None or mb >= trainer.config.mini_batch_size or trainer.use_pama_fast_path:
+        return
+    combiner = trainer.combiner
+    if getattr(combiner, "requires", None) is None:
+        return
+    if is_pama(combiner) and getattr(combiner, "granularity", "token") == "token":
+        return
+    raise ValueError(
+        f"micro_batch_size={mb} with {type(combiner).__name__}: its weights depend on the "
+        "whole mini-batch's gradients, so accumulating micro-batches would change the update; "
+        "lower mini_batch_size instead"
+    )
+
+
+def micro_batches(idx: torch.Tensor, mask: torch.Tensor, size: int | None) -> list[Any]:
+    """Split a mini-batch into micro-batches of ``size`` sequences, each with its share of
+    the mini-batch's valid tokens, ``c_m / c`` (so that token means add up exactly)."""
+    if size is None or size >= idx.numel():
+        return [(idx, 1.0)]
+    total = float(mask[idx].sum().clamp_min(1))
+    return [(part, float(mask[part].sum()) / total) for part in torch.split(idx, size)]
+
+
 def ppo_update(
     trainer: MOPPOTrainer, batch: RolloutBatch, step: int, clock: PhaseClock
 ) -> dict[str, float]:
-    """PPO epochs over shuffled mini-batches; returns averaged loss statistics."""
+    """PPO epochs over shuffled mini-batches; returns averaged loss statistics.
+
+    With ``micro_batch_size``, each mini-batch runs in micro-batches whose losses (token
+    means over the micro-batch) are weighted by their share of the mini-batch's tokens, and
+    their gradients accumulate before the one optimizer step: the same update as the whole
+    mini-batch at once, up to float rounding (tested), with the activations of one
+    micro-batch in memory. Under data parallelism only the last micro-batch synchronises.
+    """
     cfg = trainer.config
     model = trainer.model
+    acc = trainer.accelerator
     model.train()
     size = batch.mask.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
@@ -168,49 +221,34 @@ def ppo_update(
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(size, generator=gen).to(trainer.device)
         for lo in range(0, size, cfg.mini_batch_size):
-            idx = order[lo : lo + cfg.mini_batch_size]
-            out = model(
-                batch.rollout.input_ids[idx],
-                batch.rollout.attention_mask[idx],
-                batch.rollout.response_start,
-                temperature=cfg.temperature,
-                detach_value_input=cfg.detach_value_input,
-            )
-            with clock.add("combine"):
-                pg_loss, weights, stats = policy_loss(trainer, out, batch, idx)
-            mask = batch.mask[idx]
-            vf_loss = clipped_value_loss(
-                out["values"],
-                batch.values[:, idx],
-                batch.returns[:, idx],
-                mask,
-                cfg.cliprange_value,
-            )
-            loss = pg_loss + cfg.vf_coef * vf_loss * dp_loss_scale(trainer, mask)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss at step {step} (policy {float(pg_loss)}, "
-                    f"value {float(vf_loss)})"
-                )
-            trainer.accelerator.backward(loss)
+            mini = order[lo : lo + cfg.mini_batch_size]
+            # The data-parallel factor of the whole mini-batch (one collective per mini-batch).
+            mini_scale = dp_loss_scale(trainer, batch.mask[mini])
+            parts = micro_batches(mini, batch.mask, cfg.micro_batch_size)
+            stats: dict[str, float] = {}
+            weights: torch.Tensor | None = None
+            for k, (idx, share) in enumerate(parts):
+                last = k == len(parts) - 1
+                with nullcontext() if last else acc.no_sync(model):
+                    part_stats, part_weights = _micro_step(
+                        trainer, batch, idx, mini_scale, share, step, clock
+                    )
+                for key, value in part_stats.items():
+                    # Losses carry their share already; means over tokens are weighted by it.
+                    w = 1.0 if key.startswith("loss/") else share
+                    stats[key] = stats.get(key, 0.0) + w * value
+                if part_weights is not None:
+                    w_part = part_weights.detach().to("cpu", torch.float64).reshape(-1) * share
+                    weights = w_part if weights is None else weights + w_part
             if cfg.max_grad_norm is not None:
-                norm = trainer.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 stats["grad_norm"] = float(norm)
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
-                ratio = torch.exp(out["logprobs"].detach() - anchor)
-                clipped = ((ratio - 1.0).abs() > cfg.cliprange).to(ratio.dtype)
-                stats["policy/ratio_mean"] = float(masked_mean(ratio, mask))
-                stats["policy/clipfrac"] = float(masked_mean(clipped, mask))
-            stats["loss/policy"] = float(pg_loss.detach())
-            stats["loss/value"] = float(vf_loss.detach())
-            stats["loss/total"] = float(loss.detach())
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
             if weights is not None:
-                weight_sum += weights.detach().to("cpu", torch.float64).reshape(-1)
+                weight_sum += weights
             n_updates += 1
     out_stats = {k: v / n_updates for k, v in sums.items()}
     if not trainer.use_pama_fast_path:
@@ -218,3 +256,51 @@ def ppo_update(
         for i, name in enumerate(trainer.reward_names):
             out_stats[f"weights/{name}"] = float(mean_w[i])
     return out_stats
+
+
+def _micro_step(
+    trainer: MOPPOTrainer,
+    batch: RolloutBatch,
+    idx: torch.Tensor,
+    dp_scale: float | torch.Tensor,
+    share: float,
+    step: int,
+    clock: PhaseClock,
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Forward and backward of the sequences ``idx``: their losses times their share of the
+    mini-batch's tokens and the data-parallel factor."""
+    cfg = trainer.config
+    scale = dp_scale * share if share != 1.0 else dp_scale
+    out = trainer.model(
+        batch.rollout.input_ids[idx],
+        batch.rollout.attention_mask[idx],
+        batch.rollout.response_start,
+        temperature=cfg.temperature,
+        detach_value_input=cfg.detach_value_input,
+    )
+    with clock.add("combine"):
+        pg_loss, weights, stats = policy_loss(trainer, out, batch, idx, loss_scale=scale)
+    mask = batch.mask[idx]
+    vf_loss = clipped_value_loss(
+        out["values"],
+        batch.values[:, idx],
+        batch.returns[:, idx],
+        mask,
+        cfg.cliprange_value,
+    )
+    loss = pg_loss + cfg.vf_coef * vf_loss * scale
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss at step {step} (policy {float(pg_loss)}, value {float(vf_loss)})"
+        )
+    trainer.accelerator.backward(loss)
+    with torch.no_grad():
+        anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
+        ratio = torch.exp(out["logprobs"].detach() - anchor)
+        clipped = ((ratio - 1.0).abs() > cfg.cliprange).to(ratio.dtype)
+        stats["policy/ratio_mean"] = float(masked_mean(ratio, mask))
+        stats["policy/clipfrac"] = float(masked_mean(clipped, mask))
+    stats["loss/policy"] = float(pg_loss.detach())
+    stats["loss/value"] = float(vf_loss.detach()) * share
+    stats["loss/total"] = float(loss.detach())
+    return stats, weights

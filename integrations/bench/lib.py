@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark suites: size profiles, interleaved timing, peak memory.
+"""What every benchmark suite shares: size profiles, interleaved timing, peak memory, machine.
 
 Timing on a shared, noisy machine: the variants compared in one case are timed in the same
 rounds, in a fresh random order each round, so that a burst of load from elsewhere hits all of
@@ -102,15 +102,23 @@ GPT2_SHAPES: dict[str, tuple[int, int, int]] = {
 GPT2_VOCAB = 2048
 
 
-def current_profile(config: Any | None = None) -> Profile:
-    """The profile chosen by ``--bench-profile`` or the environment (default ``full``)."""
-    name = None
-    if config is not None:
+def current_profile(config: Any | None = None, name: str | None = None) -> Profile:
+    """The profile named, else chosen by ``--bench-profile`` or the environment (default full)."""
+    if name is None and config is not None:
         name = config.getoption("--bench-profile", default=None)
     name = name or os.environ.get(PROFILE_ENV, "full")
     if name not in PROFILE_TABLE:
         raise ValueError(f"unknown benchmark profile {name!r}; choose one of {PROFILES}")
     return PROFILE_TABLE[name]
+
+
+def loadavg() -> list[float] | None:
+    """``/proc/loadavg``'s three load averages; None where the file does not exist."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 def cpu_model() -> str:
@@ -137,29 +145,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def interleaved_timing(
-    variants: dict[str, Callable[[], Any]],
-    rounds: int,
-    warmup: int = 1,
-    seed: int = 0,
-) -> dict[str, list[float]]:
-    """Time every variant once per round, in a random order per round; seconds per call."""
-    rng = random.Random(seed)
-    names = list(variants)
-    samples: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(warmup + rounds):
-        order = names[:]
-        rng.shuffle(order)
-        for name in order:
-            fn = variants[name]
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                samples[name].append(dt)
-    return samples
-
-
 def summarize(samples: dict[str, list[float]], baseline: str | None = None) -> dict[str, Any]:
     """Medians, quartiles and (if ``baseline``) medians of per-round ratios to the baseline."""
     out: dict[str, Any] = {"median_s": {}, "q1_s": {}, "q3_s": {}, "samples_s": samples}
@@ -183,16 +168,10 @@ def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
 
     Read from the allocation/free events that ``torch.profiler`` records with
     ``profile_memory=True`` (every tensor allocation through the c10 CPU allocator, signed
-    sizes, in time order); the running sum's maximum is the peak. On CUDA the allocator's own
-    ``max_memory_allocated`` is used instead.
+    sizes, in time order); the running sum's maximum is the peak. The suites run on the CPU
+    even where a GPU is present (bench/gpu_step.py measures the GPU), so the CPU allocator
+    is always the one to read.
     """
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -210,20 +189,21 @@ def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
 
 
 def run_interleaved(
-    benchmark: Any,
     variants: dict[str, Callable[[], Any]],
     rounds: int,
     baseline: str | None = None,
     seed: int = 0,
     target_s: float = 0.0,
     max_rounds: int = 50,
+    benchmark: Any | None = None,
 ) -> dict[str, Any]:
-    """Drive pytest-benchmark with one interleaved round of all variants per benchmark round.
+    """Time every variant once per round, in a fresh random order each round; summarise.
 
     ``rounds`` is a minimum: if a round is short, up to ``max_rounds`` rounds are run to fill
-    ``target_s`` seconds. pytest-benchmark's own statistics then describe a whole round; the
-    per-variant samples, medians and per-round ratios go to ``benchmark.extra_info`` (and so
-    to the JSON).
+    ``target_s`` seconds. With a pytest-benchmark ``benchmark`` fixture, it drives the rounds
+    (its own statistics then describe a whole round); without one they run in a plain loop.
+    The per-variant samples, medians and per-round ratios are returned (see
+    :func:`summarize`).
     """
     rng = random.Random(seed)
     names = list(variants)
@@ -247,7 +227,9 @@ def run_interleaved(
         # Cheap cases get more rounds: medians of many short samples shrug off preemption.
         rounds = max(rounds, min(max_rounds, int(target_s / max(round_s, 1e-6))))
     recording[0] = True
-    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
-    summary = summarize(samples, baseline)
-    benchmark.extra_info.update(summary)
-    return summary
+    if benchmark is not None:
+        benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    else:
+        for _ in range(rounds):
+            one_round()
+    return summarize(samples, baseline)

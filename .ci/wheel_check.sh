@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install the built wheel into a fresh virtual environment outside the checkout and use it as
+# a new user would: `paretoopt example`, `paretoopt bench --quick`, the CLI's help pages and
+# the integrations' imports. Called by `make wheel-check` (which sets PY, PIP_FLAGS and
+# TORCH_VERSION the way the Makefile installs the development environment).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+read -r -a PIP_FLAGS <<<"${PIP_FLAGS:-}"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/paretoopt-wheel-check.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+start=$SECONDS
+phase() { echo "wheel-check: $1 ($((SECONDS - start)) s)"; }
+
+# A stale build/ can carry deleted modules into the wheel: build from a clean one.
+rm -rf build
+"$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$TMP/dist" 2>/dev/null
+rm -rf build
+WHEEL=$(ls "$TMP"/dist/paretoopt-*.whl)
+phase "built $(basename "$WHEEL")"
+
+# The same interpreter as the development environment; torch first, as the Makefile does.
+BASE=$("$PY" -c 'import sys; print(sys._base_executable)')
+"$BASE" -m venv "$TMP/venv"
+VPY="$TMP/venv/bin/python"
+"$VPY" -m pip install -q --no-compile "${PIP_FLAGS[@]}" "torch==$TORCH_VERSION"
+phase "fresh venv with torch $TORCH_VERSION"
+"$VPY" -m pip install -q --no-compile "${PIP_FLAGS[@]}" "$WHEEL[hf,trl,bench]"
+phase "installed the wheel with [hf,trl,bench]"
+
+# Outside the checkout, with nothing of it on the path.
+mkdir "$TMP/user" && cd "$TMP/user"
+unset PYTHONPATH
+"$VPY" - "$TMP/venv" <<'PY'
+import importlib.util
+import sys
+from pathlib import Path
+
+import paretoopt
+import paretoopt.integrations.hf
+import paretoopt.integrations.trl
+from paretoopt.integrations.hf import MOPPOTrainer  # noqa: F401
+from paretoopt.integrations.trl import PAMAGRPOTrainer  # noqa: F401
+
+venv = Path(sys.argv[1]).resolve()
+assert venv in Path(paretoopt.__file__).resolve().parents, paretoopt.__file__
+assert importlib.util.find_spec("integrations") is None, "a top-level 'integrations' is installed"
+print("wheel-check: imports from", Path(paretoopt.__file__).parent)
+PY
+"$TMP/venv/bin/paretoopt" example
+"$TMP/venv/bin/paretoopt" train --help >/dev/null
+"$TMP/venv/bin/paretoopt" demo --help >/dev/null
+phase "example, train --help, demo --help"
+"$TMP/venv/bin/paretoopt" bench --quick --out "$TMP/user/bench"
+test -s "$TMP/user/bench/benchmarks.md"
+phase "bench --quick wrote benchmarks.md"
+echo "wheel-check: passed in $((SECONDS - start)) s"

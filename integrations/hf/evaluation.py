@@ -1,0 +1,322 @@
+"""Held-out evaluation during training, and keeping the best checkpoint.
+
+:func:`evaluate` answers the held-out prompts greedily (by default) with the current policy
+and scores every response with the trainer's n reward functions. It reports:
+
+- ``eval/reward/<name>``: the mean score of each objective;
+- ``eval/hypervolume``: the hypervolume of the mean point against a reference point ``r``,
+  ``prod_i max(mean_i - r_i, 0)`` (:func:`paretoopt.hypervolume` of one point);
+- ``eval/hypervolume_per_response``: the mean over responses of each response's own
+  hypervolume, ``mean_b prod_i max(R_bi - r_i, 0)``. The mean point rewards a policy that
+  mixes two kinds of responses, each good at one objective only; this one rewards responses
+  good at all of them at once;
+- a small table of samples (prompt, response, each score).
+
+The reference point is the user's (``reference_point``) or, when none is given, the
+per-objective minimum over the first evaluation's responses, kept fixed afterwards (usually
+the starting policy's worst response: every later gain counts, a loss below it counts zero).
+
+:class:`BestCheckpoint` keeps the checkpoint with the highest value of a criterion the user
+picks: ``"hypervolume"``, ``"hypervolume_per_response"``, one objective's name, or a weighted
+score ``{"helpful": 0.7, "verbose": 0.3}`` of the mean rewards. It is written atomically
+(``checkpoint.atomic_write_dir``) into ``OUTPUT_DIR/best`` with its evaluation in ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .data import Prompt, is_conversation, render_prompts
+from .reward_models import bind_prompt_texts
+from .rewards import score_batch
+
+if TYPE_CHECKING:
+    from .trainer import MOPPOTrainer
+
+__all__ = [
+    "BestCheckpoint",
+    "EvalResult",
+    "evaluate",
+    "evaluate_trainer",
+    "generate_responses",
+    "parse_criterion",
+    "run_evaluation",
+]
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class EvalResult:
+    """One held-out evaluation: mean rewards, hypervolumes, per-response scores, samples."""
+
+    step: int
+    names: list[str]
+    scores: torch.Tensor
+    """``[n, B]`` every response's score per objective (all processes)."""
+    reference_point: list[float]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rewards(self) -> dict[str, float]:
+        return {n: float(self.scores[i].mean()) for i, n in enumerate(self.names)}
+
+    @property
+    def hypervolume(self) -> float:
+        from paretoopt import hypervolume
+
+        return float(hypervolume([list(self.rewards.values())], self.reference_point))
+
+    @property
+    def hypervolume_per_response(self) -> float:
+        ref = torch.tensor(self.reference_point, dtype=self.scores.dtype).unsqueeze(1)
+        return float((self.scores - ref).clamp_min(0).prod(dim=0).mean())
+
+    def metrics(self) -> dict[str, float]:
+        out = {"step": float(self.step)}
+        out.update({f"eval/reward/{n}": v for n, v in self.rewards.items()})
+        out["eval/hypervolume"] = self.hypervolume
+        out["eval/hypervolume_per_response"] = self.hypervolume_per_response
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.metrics(),
+            "reference_point": self.reference_point,
+            "samples": self.samples,
+        }
+
+
+@torch.no_grad()
+def generate_responses(
+    trainer: MOPPOTrainer,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+) -> list[str]:
+    """The policy's responses (no prompt), greedy by default, in batches of ``batch_size``;
+    conversations are rendered with the chat template, as in training."""
+    from .rollout import generate_rollout
+
+    config = trainer._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
+    trainer.model.eval()
+    texts: list[str] = []
+    prompts = list(prompts)
+    step = trainer.config.batch_size
+    for lo in range(0, len(prompts), step):
+        part = prompts[lo : lo + step]
+        with trainer.accelerator.autocast():
+            roll = generate_rollout(
+                trainer.policy,
+                trainer.tokenizer,
+                render_prompts(trainer.tokenizer, part),
+                config,
+                device=trainer.device,
+                max_prompt_length=trainer.config.max_prompt_length,
+                add_special_tokens=not is_conversation(part[0]),
+            )
+        texts.extend(roll.responses)
+    return texts
+
+
+@torch.no_grad()
+def evaluate(
+    trainer: MOPPOTrainer,
+    prompts: Sequence[Prompt],
+    *,
+    reference_point: Sequence[float] | None = None,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    n_samples: int = 4,
+    step: int | None = None,
+) -> EvalResult:
+    """Answer ``prompts`` with the current policy and score them (see the module docstring).
+
+    Under data parallelism process p answers prompts ``p, p + W, ...`` and every process
+    returns the same result (scores are gathered). Collective: call it on every process.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("evaluate needs at least one held-out prompt")
+    acc = trainer.accelerator
+    mine = prompts[acc.process_index :: acc.num_processes]
+    rows: list[dict[str, Any]] = []
+    if mine:
+        texts = render_prompts(trainer.tokenizer, mine)
+        responses = trainer.generate(mine, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        fns = [bind_prompt_texts(fn, texts) for fn in trainer.reward_fns]
+        step_no = trainer.global_step if step is None else step
+        scores = score_batch(fns, trainer.reward_names, mine, responses, step=step_no)
+        for b, (text, response) in enumerate(zip(texts, responses, strict=True)):
+            rows.append({"prompt": text, "response": response, "scores": scores[:, b].tolist()})
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+    scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float64).T
+    names = list(trainer.reward_names)
+    if reference_point is None:
+        reference_point = scores.min(dim=1).values.tolist()
+    reference = [float(v) for v in reference_point]
+    if len(reference) != len(names):
+        raise ValueError(
+            f"the reference point has {len(reference)} values for {len(names)} objectives"
+        )
+    samples = [
+        {
+            "prompt": r["prompt"],
+            "response": r["response"],
+            **dict(zip(names, r["scores"], strict=True)),
+        }
+        for r in rows[:n_samples]
+    ]
+    return EvalResult(
+        step=trainer.global_step if step is None else step,
+        names=names,
+        scores=scores,
+        reference_point=reference,
+        samples=samples,
+    )
+
+
+def parse_criterion(criterion: str | Mapping[str, float], names: Sequence[str]) -> Any:
+    """Check a best-checkpoint criterion against the objective names; return it normalised.
+
+    ``"hypervolume"``, ``"hypervolume_per_response"``, an objective name (``"helpful"`` or
+    ``"reward/helpful"``), a weights mapping, or the string form ``"helpful=0.7,verbose=0.3"``.
+    """
+    if isinstance(criterion, str):
+        text = criterion.strip()
+        if text in ("hypervolume", "hypervolume_per_response"):
+            return text
+        if "=" in text:
+            weights: dict[str, float] = {}
+            for part in text.split(","):
+                name, _, value = part.partition("=")
+                try:
+                    weights[name.strip()] = float(value)
+                except ValueError as exc:
+                    raise ValueError(f"bad weight {part!r} in criterion {criterion!r}") from exc
+            return parse_criterion(weights, names)
+        name = text.removeprefix("reward/")
+        if name not in names:
+            raise ValueError(
+                f"best-checkpoint criterion {criterion!r} is neither 'hypervolume', "
+                f"'hypervolume_per_response' nor an objective {list(names)}"
+            )
+        return name
+    weights = {str(k): float(v) for k, v in dict(criterion).items()}
+    unknown = sorted(set(weights) - set(names))
+    if unknown or not weights:
+        raise ValueError(
+            f"criterion weights name unknown objectives {unknown}; known {list(names)}"
+        )
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise ValueError(f"criterion weights must be finite, got {weights}")
+    return weights
+
+
+class BestCheckpoint:
+    """Keeps ``OUTPUT_DIR/best``: the checkpoint whose evaluation scores highest.
+
+    ``value(result)`` is the criterion's value; :meth:`update` saves a checkpoint (atomically:
+    the previous best stays intact until the new one is complete) when it strictly improves.
+    """
+
+    def __init__(
+        self, criterion: str | Mapping[str, float], names: Sequence[str], directory: str | Path
+    ) -> None:
+        self.criterion = parse_criterion(criterion, names)
+        self.directory = Path(directory)
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, names: Sequence[str]) -> BestCheckpoint | None:
+        """``OUTPUT_DIR/best`` by ``config.best_criterion``; None when there is none."""
+        if config.best_criterion is None:
+            return None
+        return cls(config.best_criterion, names, Path(config.output_dir) / "best")
+
+    def value(self, result: EvalResult) -> float:
+        if self.criterion == "hypervolume":
+            return result.hypervolume
+        if self.criterion == "hypervolume_per_response":
+            return result.hypervolume_per_response
+        rewards = result.rewards
+        if isinstance(self.criterion, str):
+            return rewards[self.criterion]
+        return sum(w * rewards[n] for n, w in self.criterion.items())
+
+    def restore(self) -> None:
+        """Read the best value back from ``directory/eval.json`` (when resuming a run)."""
+        path = self.directory / EVAL_FILE
+        if path.is_file():
+            data = json.loads(path.read_text())
+            self.best, self.best_step = float(data["best_value"]), int(data["step"])
+
+    def update(self, trainer: MOPPOTrainer, result: EvalResult) -> bool:
+        """Save the trainer as the best checkpoint if ``result`` beats the best so far."""
+        value = self.value(result)
+        if self.best is not None and not value > self.best:
+            return False
+        record = {
+            **result.to_dict(),
+            "criterion": self.criterion,
+            "best_value": value,
+        }
+        trainer.save_checkpoint(
+            self.directory, extra_files={EVAL_FILE: json.dumps(record, indent=1)}
+        )
+        self.best, self.best_step = value, result.step
+        return True
+
+
+def evaluate_trainer(trainer: MOPPOTrainer, prompts: Any = None) -> EvalResult:
+    """:func:`evaluate` with the trainer's settings, on ``prompts`` (default
+    ``trainer.eval_prompts``). The reference point is ``config.eval_reference_point`` or,
+    unset, the one fixed by the run's first evaluation."""
+    from .data import load_prompt_dataset
+
+    if prompts is None:
+        if trainer.eval_prompts is None:
+            raise ValueError("no held-out prompts: pass eval_prompts= to the trainer")
+        prompts = trainer.eval_prompts
+    else:
+        prompts = load_prompt_dataset(prompts)
+    cfg = trainer.config
+    reference = cfg.eval_reference_point
+    if reference is None and trainer.eval_history:
+        reference = trainer.eval_history[0]["reference_point"]
+    return evaluate(
+        trainer,
+        prompts,
+        reference_point=reference,
+        max_new_tokens=cfg.eval_max_new_tokens,
+        n_samples=cfg.eval_samples,
+    )
+
+
+def run_evaluation(trainer: MOPPOTrainer) -> EvalResult:
+    """Evaluate; log to ``OUTPUT_DIR/eval.jsonl`` (with the samples table) and the ``eval/*``
+    metrics to the reporting integrations; update the best checkpoint."""
+    from .reporting import append_jsonl
+
+    result = evaluate_trainer(trainer)
+    record = result.to_dict()
+    trainer.eval_history.append(record)
+    if trainer.accelerator.is_main_process:
+        if trainer.config.log_jsonl:
+            append_jsonl(trainer.output_dir / "eval.jsonl", record)
+        if trainer._report is not None:
+            trainer._report.on_log(result.metrics())
+    if trainer.best is not None:
+        trainer.best.update(trainer, result)
+    return result

@@ -1,0 +1,465 @@
+r"""``transformers.Trainer`` for models with several losses: one combiner picks the update.
+
+A multi-task model (one encoder, a head per task), a classifier with an auxiliary loss, an LM
+loss beside a regulariser: the model returns its losses under ``outputs["losses"]`` (a dict
+``name -> scalar`` or a tuple), and :class:`MultiObjectiveTrainer` replaces the Trainer's
+``loss.backward()`` by :func:`paretoopt.combine_and_backward`::
+
+    args = MultiObjectiveTrainingArguments("out", combiner="mgda_ub",
+                                           head_modules={"sentiment": "head_a", "topic": "head_b"})
+    MultiObjectiveTrainer(model, args, train_dataset=ds).train()
+
+Everything else is the Trainer's own: callbacks, evaluation, checkpoints and exact resume,
+``report_to``, mixed precision, ``accelerate launch``. What each combiner means on such a model
+and the choices made (gradient accumulation, DDP, fp16) are in docs/hf_trainer.md; in short:
+
+* the combiner decides the gradient of the *trunk* (``trunk_module``, by default every
+  trainable parameter outside the heads), the head of objective ``i`` gets the gradient of
+  ``L_i`` alone (:func:`paretoopt.combine_and_backward`);
+* PAMA and MGDA-UB work on a shared tensor ``z`` (``shared_module``'s output through a
+  forward hook, by default the model's last hidden states); exact MGDA on the trunk's
+  parameters, all-reduced across processes before its solve (``DistributedMGDA``);
+* gradient accumulation combines each micro-batch on its own, then sums, as the Trainer does
+  with one loss.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType
+from torch import Tensor, nn
+from transformers import Trainer, TrainingArguments
+
+from paretoopt import MGDA, PAMA, Combiner, LinearScalarization, combine_and_backward, make_combiner
+
+from ..distributed import DistributedMGDA, all_reduce_mean, is_distributed
+from .objectives import (
+    ObjectiveLayout,
+    SharedCapture,
+    find_module,
+    named_losses,
+    resolve_layout,
+    unreached_by_shared,
+)
+
+__all__ = ["MultiObjectiveTrainer", "MultiObjectiveTrainingArguments"]
+
+ComputeLosses = Callable[..., Any]
+
+
+def _json_field(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} must be a dict or a JSON object string: {exc}") from exc
+    return value
+
+
+@dataclass
+class MultiObjectiveTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus where the losses, the shared tensor and the heads are.
+
+    Every field is plain data (saved with each checkpoint, settable from the command line
+    through ``HfArgumentParser``); a combiner *object* or a ``compute_losses`` callable goes to
+    :class:`MultiObjectiveTrainer` instead.
+    """
+
+    combiner: str = field(
+        default="pama",
+        metadata={"help": "pama | mgda (exact, over the trunk) | mgda_ub | linear | morlhf"},
+    )
+    combiner_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": 'kwargs for paretoopt.make_combiner, e.g. {"normalization": "l2"}'},
+    )
+    losses_key: str = field(
+        default="losses",
+        metadata={"help": "key of the model output holding a dict name->loss or a tuple"},
+    )
+    objectives: list[str] | None = field(
+        default=None,
+        metadata={"help": "names (and order) of the objectives; default: the output's keys"},
+    )
+    shared_module: str | None = field(
+        default=None,
+        metadata={"help": "module whose output is the shared tensor (PAMA, MGDA-UB); "
+                  "default: the model's last hidden states"},
+    )  # fmt: skip
+    trunk_module: str | None = field(
+        default=None,
+        metadata={"help": "module whose trainable parameters are the trunk (exact MGDA's "
+                  "params); default: every trainable parameter outside the heads"},
+    )  # fmt: skip
+    head_modules: dict | str | None = field(
+        default=None,
+        metadata={"help": 'objective -> module name(s) of its head, e.g. {"a": "head_a"}'},
+    )
+    log_combiner_stats: bool = field(
+        default=True, metadata={"help": "log the combiner's stats (min-norm, veto rate, ...)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.combiner_kwargs = _json_field(self.combiner_kwargs, "combiner_kwargs") or {}
+        self.head_modules = _json_field(self.head_modules, "head_modules")
+        make_combiner(self.combiner, **self.combiner_kwargs)  # fail now on a bad name or kwarg
+        if self.head_modules is not None and not isinstance(self.head_modules, Mapping):
+            raise TypeError("head_modules must map objective names to module names")
+
+
+_DEFAULTS = MultiObjectiveTrainingArguments.__dataclass_fields__
+
+
+def _arg(args: TrainingArguments, name: str) -> Any:
+    # A plain TrainingArguments works too: the multi-objective fields take their defaults.
+    if hasattr(args, name):
+        return getattr(args, name)
+    return _DEFAULTS[name].default
+
+
+class MultiObjectiveTrainer(Trainer):
+    """A ``transformers.Trainer`` whose step combines several losses with a paretoopt combiner.
+
+    Args:
+        model, args, **kwargs: as ``transformers.Trainer`` (``args`` preferably a
+            :class:`MultiObjectiveTrainingArguments`).
+        combiner: a :class:`paretoopt.Combiner` object; overrides ``args.combiner``.
+        compute_losses: optional ``compute_losses(model, inputs) -> dict | list`` of scalar
+            losses, used instead of the model output's ``losses``; it may take a
+            ``num_items_in_batch`` keyword (then its losses count as normalised over the whole
+            accumulated batch, as the Trainer's ``compute_loss_func``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        *,
+        combiner: Combiner | None = None,
+        compute_losses: ComputeLosses | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "MultiObjectiveTrainer computes one loss per objective: pass "
+                "compute_losses=(model, inputs) -> dict of losses instead of compute_loss_func"
+            )
+        if combiner is not None and not isinstance(combiner, Combiner):
+            raise TypeError(f"combiner must be a paretoopt Combiner, got {type(combiner).__name__}")
+        if args is None:
+            args = MultiObjectiveTrainingArguments(output_dir="trainer_output")
+        super().__init__(model, args, **kwargs)
+        self.combiner = combiner if combiner is not None else self._combiner_from_args()
+        self.compute_losses = compute_losses
+        self._losses_accept_items = compute_losses is not None and (
+            "num_items_in_batch" in inspect.signature(compute_losses).parameters
+        )
+        self._layout: ObjectiveLayout | None = None
+        self._names: list[str] | None = None
+        self._capture: SharedCapture | None = None
+        self._train_sums: dict[str, float] = {}
+        self._train_count = 0
+        self._eval_sums: dict[str, float] = {}
+        self._eval_count = 0
+
+    # ---- set-up -----------------------------------------------------------------------
+
+    def _combiner_from_args(self) -> Combiner:
+        kwargs = dict(_arg(self.args, "combiner_kwargs") or {})
+        combiner = make_combiner(_arg(self.args, "combiner"), **kwargs)
+        if isinstance(combiner, MGDA) and self.args.world_size > 1:
+            # Exact MGDA's Gram matrix is of the global gradients: all-reduce before the solve.
+            combiner = DistributedMGDA(
+                mode=combiner.mode,
+                normalization=combiner.normalization,
+                solver=combiner.solver,
+                tol=combiner.tol,
+                max_iter=combiner.max_iter,
+            )
+        return combiner
+
+    @property
+    def _needs_shared(self) -> bool:
+        return self.combiner.requires == "shared"
+
+    def _root(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def _arm_capture(self, model: nn.Module) -> SharedCapture | None:
+        if not self._needs_shared:
+            return None
+        if self._capture is None:
+            name = _arg(self.args, "shared_module")
+            root = self._root(model)
+            if name is None:  # the model's own output, for its last hidden states
+                self._capture = SharedCapture(root, type(root).__name__, raw=True)
+            else:
+                self._capture = SharedCapture(find_module(root, name, "shared_module"), name)
+        return self._capture.armed()
+
+    # ---- forward: named losses and the shared tensor ----------------------------------
+
+    def _forward(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, training: bool
+    ) -> tuple[list[str], list[Tensor], Tensor | None, Any, bool]:
+        """Run the model once; return names, losses, shared tensor, outputs and whether the
+        losses are already normalised over the accumulated batch (``num_items_in_batch``)."""
+        key = _arg(self.args, "losses_key")
+        capture = self._arm_capture(model) if training else None
+        want_hidden = training and self._needs_shared and _arg(self.args, "shared_module") is None
+        try:
+            if self.compute_losses is not None:
+                extra = {}
+                if self._losses_accept_items and num_items_in_batch is not None:
+                    extra["num_items_in_batch"] = num_items_in_batch
+                raw, outputs = self.compute_losses(model, inputs, **extra), None
+                source, scaled = "compute_losses(model, inputs)", bool(extra)
+            else:
+                kwargs = dict(inputs)
+                scaled = bool(
+                    getattr(self, "model_accepts_loss_kwargs", False)
+                    and num_items_in_batch is not None
+                )
+                if scaled:
+                    kwargs["num_items_in_batch"] = num_items_in_batch
+                if want_hidden and self._forward_takes("output_hidden_states"):
+                    kwargs.setdefault("output_hidden_states", True)
+                outputs = model(**kwargs)
+                if not isinstance(outputs, Mapping) or outputs.get(key) is None:
+                    keys = list(outputs.keys()) if isinstance(outputs, Mapping) else []
+                    raise ValueError(
+                        f"the model output has no {key!r} (its keys: {keys}); return the "
+                        f"objectives' losses as outputs[{key!r}] = {{name: scalar loss}}, or "
+                        "pass compute_losses=(model, inputs) -> dict to MultiObjectiveTrainer"
+                    )
+                raw, source = outputs[key], f"outputs[{key!r}]"
+        finally:
+            if capture is not None:
+                capture.__exit__()
+        names, losses = named_losses(raw, _arg(self.args, "objectives"), source)
+        if self._names is not None and names != self._names:
+            raise ValueError(
+                f"{source} gave objectives {names}, but earlier steps gave {self._names}; "
+                "every batch must yield the same losses (set objectives= to fix the order)"
+            )
+        self._names = names
+        if scaled and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # As Trainer.compute_loss: num_items_in_batch counted the tokens of every process.
+            losses = [loss * self.accelerator.num_processes for loss in losses]
+        shared = None
+        if training and self._needs_shared:
+            shared = capture.tensor if capture is not None else None
+            if shared is None:
+                raise ValueError(self._no_shared_message(model, outputs))
+        return names, losses, shared, outputs, scaled
+
+    def _forward_takes(self, name: str) -> bool:
+        root = self._root(self.model)
+        if hasattr(root, "get_base_model"):  # PEFT passes its keyword arguments through
+            root = root.get_base_model()
+        return name in inspect.signature(root.forward).parameters
+
+    def _no_shared_message(self, model: nn.Module, outputs: Any) -> str:
+        name = _arg(self.args, "shared_module")
+        combiner = type(self.combiner).__name__
+        if name is not None:
+            return (
+                f"{combiner} needs a shared tensor, but shared_module {name!r} did not run in "
+                "the forward pass"
+            )
+        if self._capture is not None and self._capture.output is not None:
+            outputs = self._capture.output
+        keys = list(outputs.keys()) if isinstance(outputs, Mapping) else []
+        return (
+            f"{combiner} needs a shared tensor (a representation every loss depends on) and "
+            f"none was found: the model output has no hidden_states or last_hidden_state "
+            f"(keys: {keys}). Set shared_module='<module name>' (top-level modules of "
+            f"{type(self._root(model)).__name__}: "
+            f"{[n for n, _ in self._root(model).named_children()]}), or use combiner='mgda'"
+        )
+
+    # ---- the step ---------------------------------------------------------------------
+
+    def _check_setting(self) -> None:
+        if self.args.n_gpu > 1:
+            raise RuntimeError(
+                "MultiObjectiveTrainer does not support torch.nn.DataParallel (n_gpu > 1): "
+                "launch one process per GPU (accelerate launch / torchrun) for DDP"
+            )
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise NotImplementedError(
+                "MultiObjectiveTrainer does not support DeepSpeed: its per-objective gradients "
+                "need torch.autograd.grad on unpartitioned parameters; use DDP"
+            )
+
+    def _layout_for(self, model: nn.Module, names: list[str]) -> ObjectiveLayout:
+        if self._layout is None:
+            self._layout = resolve_layout(
+                self._root(model),
+                names,
+                _arg(self.args, "head_modules"),
+                _arg(self.args, "trunk_module"),
+            )
+        return self._layout
+
+    def _check_pama_reaches(self, layout: ObjectiveLayout, losses: list, shared: Tensor) -> None:
+        # PAMA backpropagates only through the shared tensor: a trunk parameter after it
+        # (an unnamed head, a pooler) would silently never train. Checked once.
+        lost = unreached_by_shared(shared, losses, layout.trunk, layout.trunk_names)
+        if lost:
+            raise ValueError(
+                f"{len(lost)} trainable parameter(s) lie after the shared tensor, where "
+                f"{type(self.combiner).__name__} sends no gradient, e.g. {lost[:3]}: name the "
+                "task heads in head_modules, or pick a later shared_module"
+            )
+
+    def _backward_through_accelerator(self, loss_scale: float) -> Callable[[Tensor], None]:
+        def backward(t: Tensor) -> None:
+            # combine_and_backward scaled the update's backward passes by the grad scaler's
+            # scale already; accelerate multiplies once more.
+            self.accelerator.backward(t / loss_scale if loss_scale != 1.0 else t)
+
+        return backward
+
+    def _accumulation_steps(self) -> int:
+        # The last window of an epoch can be shorter; older transformers do not track it.
+        current = getattr(self, "current_gradient_accumulation_steps", None)
+        return int(current or self.args.gradient_accumulation_steps)
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor | Any],
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor:
+        """The Trainer's step with ``loss.backward()`` replaced by the combination."""
+        self._check_setting()
+        cp_context, inputs = self._prepare_context_parallel_inputs(model, inputs)
+        with cp_context():
+            model.train()
+            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+                self.optimizer.train()
+            inputs = self._prepare_inputs(inputs)
+            with self.compute_loss_context_manager():
+                names, losses, shared, _, scaled = self._forward(
+                    model, inputs, num_items_in_batch, training=True
+                )
+            del inputs
+            first = self._layout is None
+            layout = self._layout_for(model, names)
+            if first and isinstance(self.combiner, PAMA) and shared is not None:
+                self._check_pama_reaches(layout, losses, shared)
+            # transformers >= 5.2x lets a subclass declare it; older releases have no attribute.
+            declared = getattr(self, "loss_is_scaled_for_ga", None)
+            if declared is not None:
+                scaled = declared
+            divisor = 1 if scaled else self._accumulation_steps()
+            scaler = getattr(self.accelerator, "scaler", None)
+            loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            step_losses = [loss / divisor if divisor != 1 else loss for loss in losses]
+            try:
+                result = combine_and_backward(
+                    step_losses,
+                    self.combiner,
+                    shared=shared,
+                    params=layout.trunk,
+                    heads=layout.heads,
+                    backward=self._backward_through_accelerator(loss_scale),
+                    grad_scale=loss_scale,
+                )
+            except ValueError as exc:
+                if scaler is None or "finite" not in str(exc):
+                    raise
+                # fp16 overflow inside the combination: give the scaler non-finite gradients,
+                # so that it skips this step and lowers its scale, as it would for one loss.
+                self._poison_gradients(layout)
+                return torch.tensor(float("nan"), device=self.args.device)
+            self._record_train(names, losses, result)
+            return (result.loss.detach() / loss_scale).to(self.args.device)
+
+    def _poison_gradients(self, layout: ObjectiveLayout) -> None:
+        params = layout.trunk + [p for h in layout.heads or [] for p in h]
+        total = sum((p * float("nan")).sum() for p in params)
+        self.accelerator.backward(total)
+
+    # ---- losses for evaluation --------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """One number for evaluation (and ``load_best_model_at_end``): the sum of the losses,
+        weighted for a :class:`~paretoopt.LinearScalarization` with explicit weights.
+        Per-objective losses are logged beside it as ``eval_loss/<name>``."""
+        names, losses, _, outputs, _ = self._forward(model, inputs, num_items_in_batch, False)
+        weights = getattr(self.combiner, "weights", None)
+        if not isinstance(self.combiner, LinearScalarization) or weights is None:
+            weights = [1.0] * len(losses)
+        total = sum(float(w) * loss for w, loss in zip(weights, losses, strict=True))
+        if not model.training:
+            for name, loss in zip(names, losses, strict=True):
+                self._eval_sums[name] = self._eval_sums.get(name, 0.0) + float(loss.detach())
+            self._eval_count += 1
+        if not return_outputs:
+            return total
+        key = _arg(self.args, "losses_key")
+        rest = {}
+        if isinstance(outputs, Mapping):  # predictions only: no losses dict, no empty entries
+            rest = {k: v for k, v in outputs.items() if k != key and v is not None}
+        return total, rest
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._eval_sums, self._eval_count = {}, 0
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self._eval_count:
+            means = self._means(self._eval_sums, self._eval_count)
+            for name, value in means.items():
+                output.metrics[f"{prefix}_loss/{name}"] = value
+        return output
+
+    # ---- logging ----------------------------------------------------------------------
+
+    def _record_train(self, names: list[str], losses: list[Tensor], result: Any) -> None:
+        values: dict[str, float] = {}
+        for i, name in enumerate(names):
+            values[f"loss/{name}"] = float(losses[i].detach())
+            values[f"weight/{name}"] = float(result.weights[i])
+        if _arg(self.args, "log_combiner_stats"):
+            prefix = getattr(self.combiner, "name", "combiner")
+            for key, value in result.stats.items():
+                head, _, tail = key.partition("/")
+                if head == "weight":
+                    continue  # logged by name above
+                if tail.isdigit():
+                    key = f"{head}/{names[int(tail)]}"
+                values[f"{prefix}/{key}"] = float(value)
+        for key, value in values.items():
+            self._train_sums[key] = self._train_sums.get(key, 0.0) + value
+        self._train_count += 1
+
+    def _means(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        keys = list(sums)
+        vec = torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)
+        if is_distributed():
+            vec = all_reduce_mean(vec.to(self.args.device)).cpu()
+        return {k: float(v) for k, v in zip(keys, vec.tolist(), strict=True) if math.isfinite(v)}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the per-objective losses, weights and combiner stats, averaged over the steps
+        since the last log, to the Trainer's training logs (and so to every report_to)."""
+        if "loss" in logs and self._train_count:
+            logs = {**logs, **self._means(self._train_sums, self._train_count)}
+            self._train_sums, self._train_count = {}, 0
+        super().log(logs, start_time)
