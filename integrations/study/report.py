@@ -265,7 +265,9 @@ def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
         oi, oj = objs[i], objs[j]
         fx = [p[oi] for p in t["morlhf_front"]]
         fy = [p[oj] for p in t["morlhf_front"]]
-        ax.plot(fx, fy, "s--", color=COLORS["morlhf"], alpha=0.5, label="MORLHF weight sweep")
+        # Joined in weight order on 2 objectives; on 3 a projection of a 2-D grid: points only.
+        style = "s--" if len(objs) == 2 else "s"
+        ax.plot(fx, fy, style, color=COLORS["morlhf"], alpha=0.5, label="MORLHF weight sweep")
         ax.plot(t["sft"][oi], t["sft"][oj], "o", color=COLORS["sft"], label="SFT")
         for m, e in t["methods"].items():
             mx, my = e["mean"][oi], e["mean"][oj]
