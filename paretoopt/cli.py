@@ -1,4 +1,4 @@
-"""Command line: ``paretoopt demo | train | bench | mtl | example``.
+"""Command line: ``paretoopt demo | study | train | bench | mtl | example``.
 
 The heavy commands live in the integrations (they need the ``hf`` / ``bench`` extras) and are
 imported only when called, so the core stays importable with torch, numpy and scipy alone.
@@ -17,6 +17,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "paretoopt.integrations.demo.cli",
         "hf",
         "offline sentiment + length alignment: PAMA vs MORLHF vs MGDA-UB, table and plots",
+    ),
+    "study": (
+        "paretoopt.integrations.study.cli",
+        "hf",
+        "the study: PAMA vs MORLHF (front), MGDA-UB and variants; paired seeds, CIs, tests",
     ),
     "train": (
         "paretoopt.integrations.hf.cli",

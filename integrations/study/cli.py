@@ -1,0 +1,156 @@
+"""``paretoopt study``: PAMA against MORLHF, MGDA-UB and variants, as a powered, paired study.
+
+Offline: the tiny artefacts of both tasks are trained once and cached (like the demo's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = (
+    __doc__.split("\n\n")[0]
+    + """
+
+Without --tune the hyper-parameters are the ones a previous `--tune` chose (protocol.py's
+CHOSEN_HPARAMS; docs/study/tuning.json holds its table); with --tune the grid is run first on
+tuning seeds (900+) and training prompts, and the study then uses what it chose.
+Writes into --out: results.json, study.md, <task>_front.png, <task>_reward_kl.png,
+<task>_rates.png, tuning.json (with --tune) and runs/ (one JSON per run; an interrupted
+study resumes from them).
+"""
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="paretoopt study",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quick", action="store_true", help="task 1, 3 methods x 3 seeds x 40 steps")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size
+    p.add_argument(
+        "--task",
+        choices=("sentiment_length", "support_replies"),
+        default=None,
+        help="run one task only (default: both; --quick: sentiment_length)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="reported seeds per method: N for every task, or task=N,task=N",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="PPO steps per run (checkpoints scale to 1/5, 1/2 and 1 of it)",
+    )
+    p.add_argument("--methods", default=None, help="comma-separated method names")
+    p.add_argument("--workers", type=int, default=None, help="processes (default 2)")
+    p.add_argument("--tune", action="store_true", help="choose the hyper-parameters first")
+    p.add_argument("--tune-only", action="store_true", help="stop after tuning")
+    p.add_argument("--tune-seeds", type=int, default=None, help="tuning seeds (default 1)")
+    p.add_argument("--tuning", default=None, help="a tuning.json whose choice to use")
+    p.add_argument("--cache-dir", default=None, help="artefact cache (default as the demo's)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def configure(args: argparse.Namespace) -> Any:
+    from .protocol import preset
+
+    config = preset("tiny" if args.tiny else "quick" if args.quick else "full")
+    if args.task:
+        config = replace(config, tasks=(args.task,))
+    if args.seeds is not None:
+        seeds = dict(config.seeds)
+        for part in args.seeds.split(","):
+            name, _, n = part.rpartition("=")
+            for t in [name] if name else list(seeds):
+                if t not in seeds:
+                    raise SystemExit(f"--seeds: unknown task {t!r}")
+                seeds[t] = int(n)
+        config = replace(config, seeds=seeds)
+    if args.steps is not None:
+        s = args.steps
+        config = replace(
+            config, steps=s, eval_steps=tuple(sorted({max(1, s // 5), max(1, s // 2), s}))
+        )
+    if args.methods:
+        config = replace(config, methods=tuple(m.strip() for m in args.methods.split(",")))
+    if args.tune_seeds is not None:
+        config = replace(config, tune_seeds=args.tune_seeds)
+    if args.workers is not None:
+        config = replace(config, workers=args.workers)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from . import protocol
+    from .analysis import task_results
+    from .report import write_report
+    from .tasks import load_task
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    config = configure(args)
+    out = Path(args.out)
+    raw = out / "runs"
+    progress = not args.no_progress
+    timings: dict[str, float] = {}
+    # Re-analysing finished runs keeps the wall times measured when they ran.
+    previous = out / "results.json"
+    old_timings = json.loads(previous.read_text()).get("timings", {}) if previous.exists() else {}
+
+    tuning = None
+    if args.tune or args.tune_only:
+        start = time.perf_counter()
+        tuning = protocol.tune(config, raw / "tuning", args.cache_dir, progress)
+        seconds = time.perf_counter() - start
+        timings["tuning"] = old_timings.get("tuning", seconds) if seconds < 60 else seconds
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
+        print(f"[study] chosen: {tuning['chosen']}")
+        if args.tune_only:
+            return 0
+    elif args.tuning:
+        tuning = json.loads(Path(args.tuning).read_text())
+    if tuning is not None:
+        config = protocol.with_hparams(config, tuning["chosen"])
+    results: dict[str, Any] = {
+        "command": "paretoopt study " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "config": config.to_dict(),
+        "hparams": asdict(config.hparams),
+        "tuning": tuning,
+        "timings": timings,
+        "tasks": {},
+    }
+    for name in config.tasks:
+        start = time.perf_counter()
+        task = load_task(name, config.artefact_size, args.cache_dir, progress)
+        jobs = protocol.make_jobs(config, name, len(task.objectives))
+        pending = [j for j in jobs if not (raw / name / f"{protocol.job_name(j)}.json").exists()]
+        runs = protocol.run_jobs(jobs, config, raw / name, args.cache_dir, progress, desc=name)
+        results["tasks"][name] = task_results(task, runs, config.to_dict())
+        seconds = time.perf_counter() - start
+        timings[name] = seconds if pending or name not in old_timings else old_timings[name]
+        print(f"[study] {name}: {len(jobs)} runs in {timings[name] / 60:.1f} min")
+    write_report(results, out)
+    print(f"[study] wrote {out / 'study.md'} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

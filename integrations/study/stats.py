@@ -1,0 +1,161 @@
+"""The study's statistics: numpy and scipy only, no torch, no model.
+
+Every function takes plain arrays of rewards (higher is better on every objective) so it can
+be checked by hand. The conventions, fixed before any reported run:
+
+* a point ``p`` *dominates* ``q`` when ``p >= q`` on every objective and ``p > q`` on one;
+* confidence intervals are 95% percentile bootstrap intervals of the mean over seeds
+  (:func:`scipy.stats.bootstrap`, a fixed seed), so a table is reproducible;
+* paired tests are two-sided Wilcoxon signed-rank tests on per-seed differences
+  (:func:`scipy.stats.wilcoxon`); with every difference zero the p-value is 1;
+* hypervolumes are those of a box above a fixed reference point: for one point
+  ``prod_i max(p_i - ref_i, 0)``. The *per-response* hypervolume averages that over
+  responses, so a mixture of responses each good on one objective only scores low, while
+  the hypervolume of the *mean point* can score it high.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = [
+    "bootstrap_ci",
+    "dominance_shares",
+    "dominated_by_front",
+    "dominates",
+    "joint_success",
+    "paired_wilcoxon",
+    "per_response_hypervolume",
+    "point_hypervolume",
+    "reward_at_kl",
+]
+
+
+def _as_points(points: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(points, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array [points, objectives], got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} holds non-finite values")
+    return arr
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 4999,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one value per seed).
+
+    Percentile rather than BCa: BCa is undefined when every value is equal (a collapsed
+    policy gives exactly that) and the interval should then be the value itself.
+    """
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("values hold non-finite entries")
+    if arr.size == 1 or np.all(arr == arr[0]):
+        return float(arr[0]), float(arr[0])
+    res = sps.bootstrap(
+        (arr,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the paired differences ``a - b``.
+
+    ``a[k]`` and ``b[k]`` come from the same seed (same SFT start, same prompt order, same
+    evaluation samples' seed). Exact for small samples without ties (scipy's choice).
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired samples must be 1-D of equal length, got {x.shape} and {y.shape}")
+    diff = x - y
+    if diff.size == 0 or np.all(diff == 0):
+        return 1.0
+    return float(sps.wilcoxon(diff, alternative="two-sided").pvalue)
+
+
+def dominates(p: Sequence[float], q: Sequence[float]) -> bool:
+    """``p >= q`` everywhere and ``p > q`` somewhere (rewards: higher is better)."""
+    pa, qa = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    if pa.shape != qa.shape:
+        raise ValueError(f"points of different shapes {pa.shape} and {qa.shape}")
+    return bool(np.all(pa >= qa) and np.any(pa > qa))
+
+
+def dominance_shares(
+    method: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]]
+) -> tuple[float, float]:
+    """Shares of paired seeds where ``method``'s point dominates / is dominated by ``baseline``'s.
+
+    Row ``k`` of each array is seed ``k``'s point (one column per objective).
+    """
+    a, b = _as_points(method, "method"), _as_points(baseline, "baseline")
+    if a.shape != b.shape:
+        raise ValueError(f"paired points must have equal shapes, got {a.shape} and {b.shape}")
+    wins = sum(dominates(p, q) for p, q in zip(a, b, strict=True))
+    losses = sum(dominates(q, p) for p, q in zip(a, b, strict=True))
+    return wins / len(a), losses / len(a)
+
+
+def dominated_by_front(point: Sequence[float], front: Sequence[Sequence[float]]) -> bool:
+    """Whether some point of ``front`` (e.g. MORLHF at each weight) dominates ``point``."""
+    f = _as_points(front, "front")
+    return any(dominates(q, point) for q in f)
+
+
+def point_hypervolume(point: Sequence[float], reference: Sequence[float]) -> float:
+    """Volume of the box between ``reference`` and ``point`` (0 if not above it everywhere)."""
+    p, r = np.asarray(point, dtype=float), np.asarray(reference, dtype=float)
+    if p.shape != r.shape:
+        raise ValueError(f"point has {p.size} objectives, reference {r.size}")
+    return float(np.prod(np.clip(p - r, 0.0, None)))
+
+
+def per_response_hypervolume(
+    scores: Sequence[Sequence[float]], reference: Sequence[float]
+) -> float:
+    """Mean over responses of each response's own box volume above ``reference``."""
+    s = _as_points(scores, "scores")
+    r = np.asarray(reference, dtype=float)
+    if s.shape[1] != r.size:
+        raise ValueError(f"scores have {s.shape[1]} objectives, reference {r.size}")
+    return float(np.mean(np.prod(np.clip(s - r, 0.0, None), axis=1)))
+
+
+def joint_success(scores: Sequence[Sequence[float]], thresholds: Sequence[float]) -> float:
+    """Share of responses strictly above the threshold on *every* objective."""
+    s = _as_points(scores, "scores")
+    t = np.asarray(thresholds, dtype=float)
+    if s.shape[1] != t.size:
+        raise ValueError(f"scores have {s.shape[1]} objectives, thresholds {t.size}")
+    return float(np.mean(np.all(s > t, axis=1)))
+
+
+def reward_at_kl(kl: Sequence[float], reward: Sequence[float], target: float) -> float:
+    """A method's reward at KL ``target``, linearly interpolated along its KL path.
+
+    ``kl`` and ``reward`` are the method's checkpoints in training order (KL 0 at the SFT
+    start). The path is sorted by KL first; a target outside the path's KL range is
+    answered with NaN rather than extrapolated.
+    """
+    k, r = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float)
+    if k.shape != r.shape or k.ndim != 1 or k.size == 0:
+        raise ValueError(f"kl and reward must be 1-D of equal length, got {k.shape}, {r.shape}")
+    order = np.argsort(k, kind="stable")
+    k, r = k[order], r[order]
+    if target < k[0] or target > k[-1]:
+        return float("nan")
+    return float(np.interp(target, k, r))

@@ -1,0 +1,105 @@
+"""``paretoopt study`` end to end at its smallest size (hidden ``--tiny``), offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+from paretoopt.integrations.study import protocol
+from paretoopt.integrations.study.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    out, cache = root / "out", root / "cache"
+    argv = ["--tiny", "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
+    assert main(argv) == 0
+    return out, cache
+
+
+def test_tiny_study_writes_the_promised_results(tiny_study) -> None:
+    out, _ = tiny_study
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tasks"]) == {"sentiment_length", "support_replies"}
+    for name, n_obj, n_front in (("sentiment_length", 2, 3), ("support_replies", 3, 3)):
+        t = results["tasks"][name]
+        assert len(t["objectives"]) == n_obj
+        assert {"pama", "morlhf", "mgda_ub"} <= set(t["methods"])
+        for entry in t["methods"].values():
+            assert [p["seed"] for p in entry["per_seed"]] == [0, 1]
+            for o in t["objectives"]:
+                lo, hi = entry["ci95"][o]
+                assert lo <= entry["mean"][o] <= hi
+            assert set(entry["checkpoints"]) == {"1", "2"}
+        # One front point per weight; the uniform weight reuses morlhf's own runs.
+        assert len(t["morlhf_front"]) == len(protocol.front_weights(n_obj, n_front))
+        for b in ("morlhf", "mgda_ub"):
+            c = t["comparisons"][b]
+            assert set(c["p_value"]) >= set(t["objectives"])
+            assert 0 <= c["dominates_share"] + c["dominated_share"] <= 1
+            assert isinstance(c["dominated_by_front"], bool)
+        assert "zero_rate" in t["pama_rates"]["pama"]
+    md = (out / "study.md").read_text()
+    assert "## Task `sentiment_length`" in md and "PAMA − baseline" in md
+    for name in results["tasks"]:
+        for kind in ("front", "reward_kl", "rates"):
+            assert (out / f"{name}_{kind}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seeds_are_paired_and_an_interrupted_study_resumes(tiny_study) -> None:
+    out, cache = tiny_study
+    raw = out / "runs" / "sentiment_length"
+    runs = {p.name: json.loads(p.read_text()) for p in raw.glob("*.json")}
+    pama = runs["sentiment_length-study-pama-0.json"]
+    morlhf = runs["sentiment_length-study-morlhf-0.json"]
+    # Same seed: the same held-out prompts were sampled for both methods.
+    assert [s["prompt"] for s in pama["evals"]["2"]["samples"]] == [
+        s["prompt"] for s in morlhf["evals"]["2"]["samples"]
+    ]
+    config = protocol.preset("tiny")
+    jobs = protocol.make_jobs(config, "sentiment_length", 2)
+    again = protocol.run_jobs(jobs, config, raw, str(cache), progress=False)
+    assert again[1] == runs[protocol.job_name(jobs[1]) + ".json"]  # read back, not rerun
+
+
+def test_tuning_picks_the_best_mean_over_methods(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(
+        protocol,
+        "TUNING_GRID",
+        {
+            "learning_rate": (1e-4, 3e-3),
+            "kl_coef": (0.05,),
+            "ratio_to": ("old",),
+            "advantage_normalization": ("whiten",),
+        },
+    )
+    config = protocol.preset("tiny")
+    tuning = protocol.tune(config, tmp_path / "tuning", str(tmp_path / "cache"), progress=False)
+    assert len(tuning["table"]) == 2
+    scores = [row["score"] for row in tuning["table"]]
+    best = tuning["table"][scores.index(max(scores))]
+    assert tuning["chosen"]["learning_rate"] == best["learning_rate"]
+    for row in tuning["table"]:
+        assert row["score"] == pytest.approx(
+            sum(row["per_method"].values()) / len(tuning["methods"])
+        )
+    assert tuning["seeds"] == [900]
+
+
+def test_method_definitions_differ_only_in_the_combiner() -> None:
+    for m in protocol.available_methods(protocol.CORE_METHODS):
+        fields = protocol.method_fields(m, 2)
+        assert set(fields) <= {
+            "combiner",
+            "noon",
+            "combiner_weights",
+            "combiner_kwargs",
+            "mgda_normalization",
+        }
+    with pytest.raises(ValueError, match="unknown method"):
+        protocol.method_fields("ppo", 2)
