@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-adaptive-kl", action="store_true", help="keep the KL coefficient fixed")
     p.add_argument("--cliprange", type=float)
     p.add_argument("--vf-coef", type=float)
-    p.add_argument("--ratio-to", choices=["ref", "old"], help="ratio to pi_ref (paper) or pi_old")
+    p.add_argument(
+        "--ratio-to",
+        choices=["ref", "old"],
+        help="ratio to pi_old (default, ordinary PPO) or pi_ref (as the paper writes it)",
+    )
     p.add_argument("--advantage-normalization", choices=["none", "scale", "whiten"])
     p.add_argument("--temperature", type=float)
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (r 64, alpha 128)")
