@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +44,7 @@ from paretoopt.integrations.demo.corpus import (
     unfinished_reviews,
     vocabulary,
 )
+from paretoopt.integrations.hf.checkpoint import atomic_write_dir
 from tqdm.auto import tqdm
 
 #: Bumped whenever the training code changes what a given configuration produces.
@@ -318,8 +317,8 @@ def load_or_train(
         ),
         "train_seconds": time.perf_counter() - start,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-    try:
+
+    def write(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp / "tokenizer")
         policy.save_pretrained(tmp / "policy", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "policy")
@@ -327,12 +326,8 @@ def load_or_train(
         tokenizer.save_pretrained(tmp / "reward_model")
         meta = {"config": config.to_dict(), "format": ARTEFACT_FORMAT, "metrics": metrics}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_write_dir(final, write)
     return DemoArtefacts(
         root=final,
         tokenizer=final / "tokenizer",

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from paretoopt.integrations.demo import artefacts as demo_art
+from paretoopt.integrations.hf.checkpoint import atomic_write_dir
 
 from . import task_sentiment as ts
 from . import task_support as tsup
@@ -193,8 +192,8 @@ def load_or_train(
     else:
         raise ValueError(f"unknown task {config.task!r}")
     metrics["train_seconds"] = time.perf_counter() - start
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-    try:
+
+    def write(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp / "tokenizer")
         policy.save_pretrained(tmp / "policy", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "policy")
@@ -203,10 +202,6 @@ def load_or_train(
             tokenizer.save_pretrained(tmp / "reward_model")
         meta = {"config": asdict(config), "metrics": metrics}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_write_dir(final, write)
     return result(metrics)
