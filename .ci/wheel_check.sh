@@ -15,7 +15,11 @@ phase() { echo "wheel-check: $1 ($((SECONDS - start)) s)"; }
 
 # A stale build/ can carry deleted modules into the wheel: build from a clean one.
 rm -rf build
-"$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$TMP/dist" 2>/dev/null
+if ! "$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$TMP/dist" >"$TMP/build.log" 2>&1; then
+    cat "$TMP/build.log"
+    echo "wheel-check: building the wheel failed" >&2
+    exit 1
+fi
 rm -rf build
 WHEEL=$(ls "$TMP"/dist/paretoopt-*.whl)
 phase "built $(basename "$WHEEL")"

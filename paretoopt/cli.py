@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module_name, extra, _ = _COMMANDS[args_list[0]]
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
+        except ImportError as exc:  # a missing extra (the hf package re-raises as ImportError)
             print(
                 f"paretoopt {args_list[0]} needs the '{extra}' extra "
                 f"(pip install 'paretoopt[{extra}]'): {exc}",

@@ -38,3 +38,18 @@ def test_cli_entry_point_runs_example() -> None:
         timeout=120,
     ).stdout
     assert "MGDA (exact)" in out
+
+
+def test_cli_names_the_missing_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The hf package re-raises a missing dependency as a plain ImportError naming the extra.
+    import importlib
+
+    def missing(name: str):
+        raise ImportError("paretoopt.integrations.hf needs the hf extra")
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert main(["train", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the 'hf' extra" in err and "pip install 'paretoopt[hf]'" in err
