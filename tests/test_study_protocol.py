@@ -122,5 +122,5 @@ def test_a_saved_run_with_other_settings_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="steps: saved 2, now 5"):
         protocol.run_jobs([job], replace(config, steps=5), tmp_path, None, progress=False)
     path.write_text(json.dumps({"job": job, "evals": {}}))  # a file from before the check
-    with pytest.raises(ValueError, match="without its settings.*delete the file"):
+    with pytest.raises(ValueError, match=r"without its settings.*delete the file"):
         protocol.run_jobs([job], config, tmp_path, None, progress=False)
