@@ -489,3 +489,51 @@ def test_fp16_with_the_grad_scaler_on_cuda(model_dir: Path, tmp_path: Path, comb
             assert trainer.accelerator.scaler is not None
             assert all(torch.isfinite(p).all() for p in model.parameters())
     assert abs(weights["fp16"] - weights["fp32"]) < 0.05, weights
+
+
+def test_logged_loss_does_not_depend_on_the_grad_scaler(model_dir: Path, tmp_path: Path) -> None:
+    kw = dict(combiner="mgda_ub", combiner_kwargs={"normalization": "l2"}, max_steps=2,
+              max_grad_norm=0.0)  # fmt: skip
+    _, plain = _with_grad_scaler(model_dir, tmp_path / "p", None, **kw)
+    _, scaled = _with_grad_scaler(model_dir, tmp_path / "s", 2.0**12, **kw)
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (plain, scaled)]
+    assert len(losses[0]) == 2
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_the_captured_model_output_does_not_outlive_the_step(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    args = _args(tmp_path, combiner="pama", head_modules=HEADS, max_steps=1)
+    trainer = MultiObjectiveTrainer(load_two_task(model_dir), args, train_dataset=two_task_data(4))
+    trainer.train()
+    assert trainer._capture is not None and trainer._capture.output is None
+
+
+@pytest.mark.parametrize("combiner", ["pama", "mgda"])
+def test_train_twice_with_model_init(model_dir: Path, tmp_path: Path, combiner: str) -> None:
+    """hyperparameter_search calls train() again with a new model from model_init."""
+    args = _args(tmp_path, combiner=combiner, head_modules=HEADS, max_steps=2,
+                 train_sampling_strategy="sequential")  # fmt: skip
+    trainer = MultiObjectiveTrainer(
+        args=args, model_init=lambda: load_two_task(model_dir), train_dataset=two_task_data(8)
+    )
+    trainer.train()
+    first = _state(trainer.model)
+    trainer.train()
+    second = _state(trainer.model)
+    init = _state(load_two_task(model_dir))
+    for k in init:  # the new model trained, exactly as the first one
+        torch.testing.assert_close(second[k], first[k])
+    assert not torch.equal(second["bert.embeddings.word_embeddings.weight"],
+                           init["bert.embeddings.word_embeddings.weight"])  # fmt: skip
+
+
+def test_eval_losses_are_per_sample_with_a_short_last_batch(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    args = _args(tmp_path, combiner="pama", head_modules=HEADS, per_device_eval_batch_size=2)
+    trainer = MultiObjectiveTrainer(load_two_task(model_dir), args, eval_dataset=two_task_data(5))
+    metrics = trainer.evaluate()  # batches of 2, 2 and 1
+    total = metrics["eval_loss/a"] + metrics["eval_loss/b"]
+    assert total == pytest.approx(metrics["eval_loss"], rel=1e-5)

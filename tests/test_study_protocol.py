@@ -103,3 +103,24 @@ def test_method_definitions_differ_only_in_the_combiner() -> None:
         }
     with pytest.raises(ValueError, match="unknown method"):
         protocol.method_fields("ppo", 2)
+
+
+def test_a_saved_run_with_other_settings_is_refused(tmp_path) -> None:
+    from dataclasses import replace
+
+    config = protocol.preset("tiny")
+    job = protocol.make_jobs(config, "sentiment_length", 2)[1]
+    path = tmp_path / f"{protocol.job_name(job)}.json"
+    record = {"job": job, "settings": protocol.run_settings(job, config), "evals": {}}
+    path.write_text(json.dumps(record))
+    # Same settings: read back without running anything.
+    assert protocol.run_jobs([job], config, tmp_path, None, progress=False) == [record]
+    changed = replace(config, hparams=replace(config.hparams, kl_coef=0.5), samples_per_prompt=3)
+    with pytest.raises(ValueError, match=r"kl_coef.*samples_per_prompt.*fresh --out") as err:
+        protocol.run_jobs([job], changed, tmp_path, None, progress=False)
+    assert path.name in str(err.value)
+    with pytest.raises(ValueError, match="steps: saved 2, now 5"):
+        protocol.run_jobs([job], replace(config, steps=5), tmp_path, None, progress=False)
+    path.write_text(json.dumps({"job": job, "evals": {}}))  # a file from before the check
+    with pytest.raises(ValueError, match=r"without its settings.*delete the file"):
+        protocol.run_jobs([job], config, tmp_path, None, progress=False)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,10 +37,11 @@ import torch
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import find_batch_size
 
 from paretoopt import MGDA, PAMA, Combiner, LinearScalarization, combine_and_backward, make_combiner
 
-from ..distributed import DistributedMGDA, all_reduce_mean, is_distributed
+from ..distributed import DistributedMGDA, all_reduce_sum, is_distributed
 from .objectives import (
     ObjectiveLayout,
     SharedCapture,
@@ -165,10 +167,13 @@ class MultiObjectiveTrainer(Trainer):
         self._layout: ObjectiveLayout | None = None
         self._names: list[str] | None = None
         self._capture: SharedCapture | None = None
+        self._cached_root: weakref.ref[nn.Module] | None = None
+        # Sums and counts per key since the last log (training: one count a step; evaluation:
+        # one count a sample, so that eval_loss/<name> is per sample as the Trainer's).
         self._train_sums: dict[str, float] = {}
-        self._train_count = 0
+        self._train_counts: dict[str, float] = {}
         self._eval_sums: dict[str, float] = {}
-        self._eval_count = 0
+        self._eval_counts: dict[str, float] = {}
 
     # ---- set-up -----------------------------------------------------------------------
 
@@ -193,6 +198,18 @@ class MultiObjectiveTrainer(Trainer):
     def _root(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
 
+    def _forget_other_model(self, model: nn.Module) -> None:
+        """Drop the hook, layout and names cached for another model: ``train()`` with
+        ``model_init`` (as ``hyperparameter_search`` does) builds a new one each time."""
+        root = self._root(model)
+        cached = self._cached_root() if self._cached_root is not None else None
+        if cached is root:
+            return
+        if self._capture is not None:
+            self._capture.remove()
+        self._capture, self._layout, self._names = None, None, None
+        self._cached_root = weakref.ref(root)
+
     def _arm_capture(self, model: nn.Module) -> SharedCapture | None:
         if not self._needs_shared:
             return None
@@ -212,8 +229,22 @@ class MultiObjectiveTrainer(Trainer):
     ) -> tuple[list[str], list[Tensor], Tensor | None, Any, bool]:
         """Run the model once; return names, losses, shared tensor, outputs and whether the
         losses are already normalised over the accumulated batch (``num_items_in_batch``)."""
-        key = _arg(self.args, "losses_key")
         capture = self._arm_capture(model) if training else None
+        try:
+            return self._forward_captured(model, inputs, num_items_in_batch, training, capture)
+        finally:
+            if capture is not None:
+                capture.release()  # the shared tensor is taken: let the rest of the output go
+
+    def _forward_captured(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: Any,
+        training: bool,
+        capture: SharedCapture | None,
+    ) -> tuple[list[str], list[Tensor], Tensor | None, Any, bool]:
+        key = _arg(self.args, "losses_key")
         want_hidden = training and self._needs_shared and _arg(self.args, "shared_module") is None
         try:
             if self.compute_losses is not None:
@@ -243,7 +274,7 @@ class MultiObjectiveTrainer(Trainer):
                 raw, source = outputs[key], f"outputs[{key!r}]"
         finally:
             if capture is not None:
-                capture.__exit__()
+                capture.__exit__()  # disarmed before any recomputation in backward
         names, losses = named_losses(raw, _arg(self.args, "objectives"), source)
         if self._names is not None and names != self._names:
             raise ValueError(
@@ -342,6 +373,7 @@ class MultiObjectiveTrainer(Trainer):
     ) -> Tensor:
         """The Trainer's step with ``loss.backward()`` replaced by the combination."""
         self._check_setting()
+        self._forget_other_model(model)
         cp_context, inputs = self._prepare_context_parallel_inputs(model, inputs)
         with cp_context():
             model.train()
@@ -383,7 +415,9 @@ class MultiObjectiveTrainer(Trainer):
                 self._poison_gradients(layout)
                 return torch.tensor(float("nan"), device=self.args.device)
             self._record_train(names, losses, result)
-            return (result.loss.detach() / loss_scale).to(self.args.device)
+            # As Trainer.training_step returns it: divided for accumulation, never by the
+            # grad scaler's scale (combine_and_backward scales the gradients, not result.loss).
+            return result.loss.detach().to(self.args.device)
 
     def _poison_gradients(self, layout: ObjectiveLayout) -> None:
         params = layout.trunk + [p for h in layout.heads or [] for p in h]
@@ -408,9 +442,12 @@ class MultiObjectiveTrainer(Trainer):
             weights = [1.0] * len(losses)
         total = sum(float(w) * loss for w, loss in zip(weights, losses, strict=True))
         if not model.training:
+            # Weighted by the batch's size, as the Trainer's eval_loss (a short last batch
+            # counts for its samples only).
+            n = float(find_batch_size(inputs) or 1)
             for name, loss in zip(names, losses, strict=True):
-                self._eval_sums[name] = self._eval_sums.get(name, 0.0) + float(loss.detach())
-            self._eval_count += 1
+                self._eval_sums[name] = self._eval_sums.get(name, 0.0) + n * float(loss.detach())
+                self._eval_counts[name] = self._eval_counts.get(name, 0.0) + n
         if not return_outputs:
             return total
         key = _arg(self.args, "losses_key")
@@ -420,13 +457,12 @@ class MultiObjectiveTrainer(Trainer):
         return total, rest
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-        self._eval_sums, self._eval_count = {}, 0
+        self._eval_sums, self._eval_counts = {}, {}
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        if self._eval_count:
-            means = self._means(self._eval_sums, self._eval_count)
-            for name, value in means.items():
-                output.metrics[f"{prefix}_loss/{name}"] = value
+        for name, value in self._means(self._eval_sums, self._eval_counts).items():
+            output.metrics[f"{prefix}_loss/{name}"] = value
+        self._eval_sums, self._eval_counts = {}, {}
         return output
 
     # ---- logging ----------------------------------------------------------------------
@@ -447,19 +483,34 @@ class MultiObjectiveTrainer(Trainer):
                 values[f"{prefix}/{key}"] = float(value)
         for key, value in values.items():
             self._train_sums[key] = self._train_sums.get(key, 0.0) + value
-        self._train_count += 1
+            self._train_counts[key] = self._train_counts.get(key, 0.0) + 1.0
 
-    def _means(self, sums: dict[str, float], count: int) -> dict[str, float]:
-        keys = list(sums)
-        vec = torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)
+    def _means(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
+        """``sum / count`` per key, over every process. Each process must call it (it is
+        collective), also one that recorded nothing (it adds zero sums and zero counts): the
+        keys are first gathered from all processes, so that every one reduces the same list."""
+        keys = sorted(sums)
         if is_distributed():
-            vec = all_reduce_mean(vec.to(self.args.device)).cpu()
-        return {k: float(v) for k, v in zip(keys, vec.tolist(), strict=True) if math.isfinite(v)}
+            import torch.distributed as dist
+
+            gathered: list[list[str] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, keys)
+            keys = sorted({k for part in gathered for k in part or []})
+        if not keys:
+            return {}
+        vec = torch.tensor(
+            [[sums.get(k, 0.0) for k in keys], [counts.get(k, 0.0) for k in keys]],
+            dtype=torch.float64,
+        )
+        if is_distributed():
+            vec = all_reduce_sum(vec.to(self.args.device)).cpu()
+        means = (vec[0] / vec[1]).tolist()  # 0/0 = nan where no process recorded the key
+        return {k: float(v) for k, v in zip(keys, means, strict=True) if math.isfinite(v)}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the per-objective losses, weights and combiner stats, averaged over the steps
         since the last log, to the Trainer's training logs (and so to every report_to)."""
-        if "loss" in logs and self._train_count:
-            logs = {**logs, **self._means(self._train_sums, self._train_count)}
-            self._train_sums, self._train_count = {}, 0
+        if "loss" in logs:  # on every process, with or without steps of its own: a collective
+            logs = {**logs, **self._means(self._train_sums, self._train_counts)}
+            self._train_sums, self._train_counts = {}, {}
         super().log(logs, start_time)

@@ -104,7 +104,14 @@ class SharedCapture:
     def __exit__(self, *exc: object) -> None:
         self._armed = False
 
+    def release(self) -> None:
+        """Disarm and drop the captured output: it holds the whole forward graph (every
+        activation), which must not outlive the step that used it."""
+        self._armed = False
+        self.output = None
+
     def remove(self) -> None:
+        self.release()
         self._handle.remove()
 
 

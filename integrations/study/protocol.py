@@ -234,6 +234,51 @@ def job_name(job: dict[str, Any]) -> str:
     return name
 
 
+def run_settings(job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
+    """Every setting that shapes a run's result beyond its name (task, kind, method, seed,
+    weights): saved in each run file and compared when the file is reused."""
+    tune = job["kind"] == "tune"
+    hp = Hparams(**job["hparams"]) if "hparams" in job else config.hparams
+    return {
+        "hparams": asdict(hp),
+        "steps": job.get("steps", config.steps),
+        "eval_steps": sorted(job.get("eval_steps", config.eval_steps)),
+        "batch_size": config.batch_size,
+        "mini_batch_size": config.mini_batch_size,
+        "ppo_epochs": config.ppo_epochs,
+        "artefact_size": config.artefact_size,
+        "n_eval_prompts": config.tune_n_prompts if tune else config.n_eval_prompts,
+        "samples_per_prompt": config.tune_samples_per_prompt if tune else config.samples_per_prompt,
+        "eval_seed": config.eval_seed,
+    }
+
+
+def load_run(path: Path, job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
+    """A saved run, after checking it was made with this study's settings."""
+    record = json.loads(path.read_text())
+    want = run_settings(job, config)
+    saved = record.get("settings")
+    if saved is None:
+        raise ValueError(
+            f"{path} holds a run saved without its settings (hyper-parameters, steps, "
+            "evaluation), so it cannot be checked against this study's; use a fresh --out or "
+            "delete the file"
+        )
+    # JSON turns tuples into lists: compare in JSON form.
+    want = json.loads(json.dumps(want))
+    differ = [
+        f"{k}: saved {saved.get(k)!r}, now {want.get(k)!r}"
+        for k in sorted(set(want) | set(saved))
+        if saved.get(k) != want.get(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"{path} was run with other settings than this study's ({'; '.join(differ)}); "
+            "use a fresh --out or delete the file"
+        )
+    return record
+
+
 def _trainer_config(config: StudyConfig, task: Any, job: dict[str, Any], out: Path):
     from paretoopt.integrations.hf import MOPPOConfig
 
@@ -362,7 +407,13 @@ def run_job(job: dict[str, Any], config: StudyConfig, cache_dir: str | None, wor
                 evals[str(trainer.global_step)] = evaluate(
                     trainer, task, prompts, samples, eval_seed
                 )
-    return {"job": job, "evals": evals, "curves": curves, "seconds": time.perf_counter() - start}
+    return {
+        "job": job,
+        "settings": run_settings(job, config),
+        "evals": evals,
+        "curves": curves,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _init_worker() -> None:
@@ -385,7 +436,8 @@ def run_jobs(
     """Run ``jobs`` on ``config.workers`` processes (one torch thread each).
 
     Each finished run is written to ``raw_dir/<job>.json`` at once, and a run whose file
-    exists is not run again, so an interrupted study resumes where it stopped.
+    exists is not run again, so an interrupted study resumes where it stopped; a file made
+    with other settings (:func:`run_settings`) raises instead of being reused.
     """
     from tqdm.auto import tqdm
 
@@ -396,7 +448,7 @@ def run_jobs(
     for job in jobs:
         path = raw_dir / f"{job_name(job)}.json"
         if path.exists():
-            results[job_name(job)] = json.loads(path.read_text())
+            results[job_name(job)] = load_run(path, job, config)
         else:
             todo.append(job)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, disable=not progress)
