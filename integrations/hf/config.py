@@ -300,6 +300,27 @@ class MOPPOConfig:
                 f"MOPPOConfig.mgda_normalization must be one of {MGDA_NORMALIZATIONS}, "
                 f"got {self.mgda_normalization!r}"
             )
+        normalization = self.combiner_kwargs.get("normalization", self.mgda_normalization)
+        if (
+            self.combiner in ("mgda", "mgda_ub")
+            and self.noon
+            and normalization in ("loss", "loss+")
+        ):
+            # Noon-clipped advantages are >= 0, so each PPO loss -min(r A, clip(r) A) is <= 0
+            # and dividing by it (Sener & Koltun's "loss" normalisation) is never defined.
+            raise ValueError(
+                f"MOPPOConfig.mgda_normalization={normalization!r} divides by the losses and "
+                f"needs them > 0, but with noon=True the {self.combiner!r} PPO losses are "
+                "always <= 0 (Noon-clipped advantages are >= 0); use 'l2' or 'none', or noon=False"
+            )
+        granularity = self.combiner_kwargs.get("granularity", self.pama_granularity)
+        if self.combiner == "pama" and granularity == "batch" and not self.pama_fast_path:
+            raise ValueError(
+                "MOPPOConfig: PAMA with granularity='batch' needs pama_fast_path=True: the "
+                "generic combiner route sees one mini-batch at a time and would solve one weight "
+                "vector per mini-batch, not one for the rollout batch; use the fast path, or "
+                "pama_granularity 'token' or 'sample'"
+            )
         warmup = self.value_warmup_steps
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             raise ValueError(
