@@ -55,7 +55,8 @@ class MOPPOConfig:
     (``s* = relu(min A) - relu(-max A)``) and the standard PPO surrogate."""
     mgda_normalization: Literal["none", "l2", "loss", "loss+"] = "l2"
     """Gradient normalisation of "mgda" / "mgda_ub" (Sener & Koltun 2018); "none" is an
-    ablation. "loss" / "loss+" divide by the loss and need positive losses."""
+    ablation. "loss" / "loss+" divide by the loss and need positive losses: refused with
+    ``noon=True``, whose PPO losses are always <= 0."""
     pama_granularity: Literal["token", "sample", "batch"] = "token"
     """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
     pama_fast_path: bool = True
