@@ -140,14 +140,15 @@ def test_grad_scaler_state_is_saved_and_restored(tiny_lm: Path, tmp_path: Path) 
     import torch
     from accelerate import Accelerator
 
-    first = Accelerator(cpu=True)
+    # The trainer's own arguments: AcceleratorState is process-wide and refuses changes.
+    first = Accelerator(cpu=False, mixed_precision="no")
     first.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**7, growth_interval=7)
     trainer = MOPPOTrainer(config(tmp_path), str(tiny_lm), prompts=PROMPTS,
                            rewards=[word_count], accelerator=first)  # fmt: skip
     folder = trainer.save_checkpoint()
     assert (folder / "scaler.pt").is_file()
 
-    second = Accelerator(cpu=True)
+    second = Accelerator(cpu=False, mixed_precision="no")
     second.scaler = torch.amp.GradScaler("cpu")  # default scale 2**16
     MOPPOTrainer(config(tmp_path, resume_from=str(folder)), str(tiny_lm), prompts=PROMPTS,
                  rewards=[word_count], accelerator=second)  # fmt: skip
