@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -19,3 +21,18 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 
 # Tests run on the CPU; keep each worker to one thread so two workers share 2 cores fairly.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_mixed_precision():
+    """accelerate keeps one process-wide state and refuses an ``Accelerator`` with another
+    mixed precision; a test that trained under bf16/fp16 (a transformers ``Trainer``) would
+    break every later test of the same worker, so its state is cleared afterwards."""
+    yield
+    module = sys.modules.get("accelerate.state")
+    if module is None:
+        return
+    state = module.AcceleratorState
+    shared = state._shared_state
+    if shared and shared.get("_mixed_precision", "no") != "no":
+        state._reset_state(reset_partial_state=True)

@@ -117,9 +117,15 @@ def test_generation_stops_and_masks_at_every_eos_id(two_eos_lm, tmp_path: Path) 
 
 
 def test_generic_route_refuses_batch_granularity(tiny_lm: Path, tmp_path: Path) -> None:
-    cfg = config(tmp_path, pama_granularity="batch", pama_fast_path=False)
+    from paretoopt import PAMA
+
     with pytest.raises(ValueError, match="granularity='batch' needs pama_fast_path=True"):
-        trainer_for(tiny_lm, cfg)
+        config(tmp_path, pama_granularity="batch", pama_fast_path=False)  # the config alone
+    cfg = config(tmp_path, pama_fast_path=False)
+    with pytest.raises(ValueError, match="granularity='batch' needs pama_fast_path=True"):
+        rewards = [word_count, good_rate]
+        MOPPOTrainer(cfg, str(tiny_lm), prompts=PROMPTS, rewards=rewards,
+                     combiner=PAMA(granularity="batch"))  # fmt: skip
 
 
 @pytest.mark.parametrize("granularity", ["sample", "batch"])

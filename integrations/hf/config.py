@@ -55,7 +55,8 @@ class MOPPOConfig:
     (``s* = relu(min A) - relu(-max A)``) and the standard PPO surrogate."""
     mgda_normalization: Literal["none", "l2", "loss", "loss+"] = "l2"
     """Gradient normalisation of "mgda" / "mgda_ub" (Sener & Koltun 2018); "none" is an
-    ablation. "loss" / "loss+" divide by the loss and need positive losses."""
+    ablation. "loss" / "loss+" divide by the loss and need positive losses: refused with
+    ``noon=True``, whose PPO losses are always <= 0."""
     pama_granularity: Literal["token", "sample", "batch"] = "token"
     """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
     pama_fast_path: bool = True
@@ -299,6 +300,27 @@ class MOPPOConfig:
             raise ValueError(
                 f"MOPPOConfig.mgda_normalization must be one of {MGDA_NORMALIZATIONS}, "
                 f"got {self.mgda_normalization!r}"
+            )
+        normalization = self.combiner_kwargs.get("normalization", self.mgda_normalization)
+        if (
+            self.combiner in ("mgda", "mgda_ub")
+            and self.noon
+            and normalization in ("loss", "loss+")
+        ):
+            # Noon-clipped advantages are >= 0, so each PPO loss -min(r A, clip(r) A) is <= 0
+            # and dividing by it (Sener & Koltun's "loss" normalisation) is never defined.
+            raise ValueError(
+                f"MOPPOConfig.mgda_normalization={normalization!r} divides by the losses and "
+                f"needs them > 0, but with noon=True the {self.combiner!r} PPO losses are "
+                "always <= 0 (Noon-clipped advantages are >= 0); use 'l2' or 'none', or noon=False"
+            )
+        granularity = self.combiner_kwargs.get("granularity", self.pama_granularity)
+        if self.combiner == "pama" and granularity == "batch" and not self.pama_fast_path:
+            raise ValueError(
+                "MOPPOConfig: PAMA with granularity='batch' needs pama_fast_path=True: the "
+                "generic combiner route sees one mini-batch at a time and would solve one weight "
+                "vector per mini-batch, not one for the rollout batch; use the fast path, or "
+                "pama_granularity 'token' or 'sample'"
             )
         warmup = self.value_warmup_steps
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:

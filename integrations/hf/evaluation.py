@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BestCheckpoint",
     "EvalResult",
+    "check_eval_setup",
     "evaluate",
     "evaluate_trainer",
     "generate_responses",
@@ -94,6 +95,35 @@ class EvalResult:
         }
 
 
+def check_eval_setup(config: Any, eval_prompts: Sequence[Prompt] | None, n_objectives: int) -> None:
+    """Refuse, before any training step, an evaluation set-up that cannot work: periodic
+    evaluation or a best checkpoint without held-out prompts (the first would fail after
+    ``eval_every`` steps of work, the second would never write ``best/``), or a reference
+    point that is not one finite value per objective."""
+    if eval_prompts is None or not len(eval_prompts):
+        for name, value, unset in (
+            ("eval_every", config.eval_every, 0),
+            ("best_criterion", config.best_criterion, None),
+        ):
+            if value != unset:
+                raise ValueError(
+                    f"MOPPOConfig.{name}={value!r} needs held-out prompts: pass eval_prompts= "
+                    "to MOPPOTrainer"
+                )
+    reference = config.eval_reference_point
+    if reference is None:
+        return
+    values = list(reference)
+    if len(values) != n_objectives:
+        raise ValueError(
+            f"MOPPOConfig.eval_reference_point has {len(values)} values for {n_objectives} "
+            "objectives: give one per reward"
+        )
+    for i, v in enumerate(values):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise ValueError(f"MOPPOConfig.eval_reference_point[{i}] must be finite, got {v!r}")
+
+
 @torch.no_grad()
 def generate_responses(
     trainer: MOPPOTrainer,
@@ -103,10 +133,23 @@ def generate_responses(
 ) -> list[str]:
     """The policy's responses (no prompt), greedy by default, in batches of ``batch_size``;
     conversations are rendered with the chat template, as in training."""
+    return generate_seen(trainer, prompts, max_new_tokens, do_sample)[1]
+
+
+@torch.no_grad()
+def generate_seen(
+    trainer: MOPPOTrainer,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+) -> tuple[list[str], list[str]]:
+    """The prompts as the policy saw them (rendered, cut to ``max_prompt_length``:
+    ``Rollout.prompts``) and its responses, as :func:`generate_responses` makes them."""
     from .rollout import generate_rollout
 
     config = trainer._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
     trainer.model.eval()
+    seen: list[str] = []
     texts: list[str] = []
     prompts = list(prompts)
     step = trainer.config.batch_size
@@ -122,8 +165,9 @@ def generate_responses(
                 max_prompt_length=trainer.config.max_prompt_length,
                 add_special_tokens=not is_conversation(part[0]),
             )
+        seen.extend(roll.prompts)
         texts.extend(roll.responses)
-    return texts
+    return seen, texts
 
 
 @torch.no_grad()
@@ -149,11 +193,13 @@ def evaluate(
     mine = prompts[acc.process_index :: acc.num_processes]
     rows: list[dict[str, Any]] = []
     if mine:
-        texts = render_prompts(trainer.tokenizer, mine)
-        responses = trainer.generate(mine, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        # Scored as in training: on the prompts as the policy saw them (cut to
+        # max_prompt_length); conversations as given, with their seen text as prompt_texts.
+        texts, responses = generate_seen(trainer, mine, max_new_tokens, do_sample)
         fns = [bind_prompt_texts(fn, texts) for fn in trainer.reward_fns]
         step_no = trainer.global_step if step is None else step
-        scores = score_batch(fns, trainer.reward_names, mine, responses, step=step_no)
+        scored = mine if is_conversation(mine[0]) else texts
+        scores = score_batch(fns, trainer.reward_names, scored, responses, step=step_no)
         for b, (text, response) in enumerate(zip(texts, responses, strict=True)):
             rows.append({"prompt": text, "response": response, "scores": scores[:, b].tolist()})
     if acc.num_processes > 1:
@@ -255,12 +301,20 @@ class BestCheckpoint:
             return rewards[self.criterion]
         return sum(w * rewards[n] for n, w in self.criterion.items())
 
-    def restore(self) -> None:
-        """Read the best value back from ``directory/eval.json`` (when resuming a run)."""
+    def restore(self, max_step: int | None = None) -> None:
+        """Read the best value back from ``directory/eval.json`` (when resuming a run).
+
+        A best checkpoint from a step after ``max_step`` (the resumed checkpoint's) belongs
+        to the abandoned continuation of the run: it is ignored, and the first evaluation of
+        the resumed run replaces it.
+        """
         path = self.directory / EVAL_FILE
         if path.is_file():
             data = json.loads(path.read_text())
-            self.best, self.best_step = float(data["best_value"]), int(data["step"])
+            step = int(data["step"])
+            if max_step is not None and step > max_step:
+                return
+            self.best, self.best_step = float(data["best_value"]), step
 
     def update(self, trainer: MOPPOTrainer, result: EvalResult) -> bool:
         """Save the trainer as the best checkpoint if ``result`` beats the best so far."""

@@ -61,12 +61,17 @@ def model_card(
     if cfg.use_lora:
         lines.append("library_name: peft")
     lines += ["---", "", "# Multi-objective PPO policy", ""]
-    combiner = getattr(trainer.combiner, "__class__", type(trainer.combiner)).__name__
+    if getattr(trainer, "combiner_given", False):
+        # An instance passed to the trainer overrides config.combiner: show what trained.
+        used = f"the combiner `{trainer.combiner!r}`"
+    else:
+        combiner = type(trainer.combiner).__name__
+        used = f"the **{cfg.combiner}** combiner (`{combiner}`" + (
+            f", granularity {cfg.pama_granularity})" if cfg.combiner == "pama" else ")"
+        )
     lines.append(
         f"Trained from `{base_model or 'a model instance'}` for {trainer.global_step} steps of "
-        f"multi-objective PPO (paretoopt) with the **{cfg.combiner}** combiner (`{combiner}`"
-        + (f", granularity {cfg.pama_granularity}" if cfg.combiner == "pama" else "")
-        + f") against {trainer.n_objectives} objectives."
+        f"multi-objective PPO (paretoopt) with {used} against {trainer.n_objectives} objectives."
     )
     lines += ["", "## Objectives", "", "| objective | reward | held-out mean |", "|---|---|---|"]
     for name, fn in zip(trainer.reward_names, trainer.reward_fns, strict=True):

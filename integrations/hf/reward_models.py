@@ -365,9 +365,14 @@ def parse_reward_model_spec(spec: str, **options: Any) -> list[RewardHead]:
 
 
 def accepts_prompt_texts(fn: Any) -> bool:
-    """Whether a reward function takes the ``prompt_texts`` keyword (or ``**kwargs``)."""
+    """Whether a reward function takes the ``prompt_texts`` keyword (or ``**kwargs``); for a
+    command-line :class:`~.rewards.NamedReward`, whether the function it wraps does."""
     import inspect
 
+    from .rewards import NamedReward
+
+    if isinstance(fn, NamedReward):
+        fn = fn.fn
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -416,9 +421,17 @@ def unique_reward_names(fns: Sequence[Any], names: Sequence[str] | None) -> list
     names = [str(n) for n in names]
     if len(names) != len(fns):
         raise ValueError(f"{len(names)} reward_names for {len(fns)} reward functions")
-    seen: dict[str, int] = {}
+    # Every name as given is reserved, so that a suffix never takes another reward's name
+    # (['a', 'a', 'a_1'] -> ['a', 'a_2', 'a_1']): count on until the name is free.
+    taken = set(names)
+    seen: set[str] = set()
     unique = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
+        candidate, k = name, 0
+        while candidate in seen or (k > 0 and candidate in taken):
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate)
+        taken.add(candidate)
+        unique.append(candidate)
     return unique

@@ -169,8 +169,10 @@ class NamedReward:
         self.name = name
         self.target = target
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Any:
-        return self.fn(prompts, responses)
+    def __call__(self, prompts: list[str], responses: list[str], **kwargs: Any) -> Any:
+        # ``prompt_texts`` arrives only when the wrapped function takes it
+        # (:func:`.reward_models.accepts_prompt_texts` looks through this wrapper).
+        return self.fn(prompts, responses, **kwargs)
 
     def __repr__(self) -> str:
         return f"NamedReward({self.name!r}, {self.target!r})"

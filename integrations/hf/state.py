@@ -1,9 +1,10 @@
 """The trainer's full state on disk: save a checkpoint atomically, load one to resume exactly.
 
 A checkpoint holds the policy (or its LoRA adapter) and tokenizer, the value heads
-(safetensors), the optimizer and RNG states (``torch.save``, loaded with
-``weights_only=True``) and ``trainer_state.json`` (step, KL controller, config, history),
-written last; see :mod:`.checkpoint` for the layout and the atomic write.
+(safetensors), the optimizer, RNG and, under fp16 mixed precision, gradient-scaler states
+(``torch.save``, loaded with ``weights_only=True``) and ``trainer_state.json`` (step, KL
+controller, config, history), written last; see :mod:`.checkpoint` for the layout and the
+atomic write.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["CHECKPOINT_VERSION", "load_training_state", "save_checkpoint"]
 
 CHECKPOINT_VERSION = 1
+SCALER_FILE = "scaler.pt"
+"""The accelerator's ``GradScaler`` state (fp16): its loss scale and growth tracker."""
 
 
 def save_checkpoint(
@@ -54,6 +57,8 @@ def save_checkpoint(
             save_file(heads, str(tmp / "value_heads.safetensors"))
             torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(capture_rng_state(), tmp / "rng_state.pt")
+            if getattr(accelerator, "scaler", None) is not None:
+                torch.save(accelerator.scaler.state_dict(), tmp / SCALER_FILE)
             state = {
                 "version": CHECKPOINT_VERSION,
                 "step": trainer.global_step,
@@ -77,7 +82,8 @@ def save_checkpoint(
 
 
 def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
-    """Restore value heads, optimizer, KL controller, step, history and RNG from ``folder``.
+    """Restore value heads, optimizer, gradient scaler, KL controller, step, histories, RNG
+    and the best checkpoint's value from ``folder``.
 
     The policy weights themselves are loaded with the model (:mod:`.models`).
     """
@@ -103,17 +109,31 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     trainer.eval_history = list(state.get("eval_history", []))
     trainer.value_warmup_step = int(state.get("value_warmup_step", 0))
     trainer.value_warmup_history = list(state.get("value_warmup_history", []))
+    scaler = getattr(trainer.accelerator, "scaler", None)
+    scaler_path = folder / SCALER_FILE
+    if scaler is not None and scaler_path.is_file():
+        # Without it fp16 restarts at the initial loss scale: skipped steps, another update.
+        scaler.load_state_dict(torch.load(scaler_path, weights_only=True))
     rng_path = folder / "rng_state.pt"
     if rng_path.is_file():
         restore_rng_state(torch.load(rng_path, weights_only=True))
-    metrics_path = trainer.metrics_path
-    if trainer.accelerator.is_main_process and metrics_path.is_file():
-        # Lines from steps after the checkpoint belong to a run that is being redone.
-        kept = [
-            line
-            for line in metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= trainer.global_step
-        ]
-        tmp = metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(metrics_path)
+    if trainer.accelerator.is_main_process:
+        for path in (trainer.metrics_path, trainer.output_dir / "eval.jsonl"):
+            drop_lines_after(path, trainer.global_step)
+    if trainer.best is not None:
+        trainer.best.restore(max_step=trainer.global_step)
+
+
+def drop_lines_after(path: Path, step: int) -> None:
+    """Keep the JSONL lines of ``path`` whose ``step`` is at most ``step``: later lines
+    belong to the continuation of the run that the resumed one redoes."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)

@@ -42,6 +42,7 @@ from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, 
 from .evaluation import (
     BestCheckpoint,
     EvalResult,
+    check_eval_setup,
     evaluate_trainer,
     generate_responses,
     run_evaluation,
@@ -135,8 +136,9 @@ class MOPPOTrainer:
             if not callable(fn):
                 raise TypeError(f"reward {index} is not callable: {fn!r}")
             if isinstance(fn, RewardHead):
-                fn.to(self.device)
+                fn.to(self.device).load()  # a missing model or bad label fails now
         self.n_objectives = len(self.reward_fns)
+        check_eval_setup(config, self.eval_prompts, self.n_objectives)
         self.reward_names = unique_reward_names(self.reward_fns, reward_names)
         if combiner is None and config.combiner in WEIGHTED_COMBINERS:
             combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
@@ -155,6 +157,7 @@ class MOPPOTrainer:
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
+        self.combiner_given = combiner is not None  # it overrides config.combiner
         self.combiner = (
             combiner
             if combiner is not None
@@ -184,9 +187,7 @@ class MOPPOTrainer:
         self.eval_history: list[dict[str, Any]] = []
         self.best = BestCheckpoint.from_config(config, self.reward_names)
         if self.resume_dir is not None:
-            load_training_state(self, self.resume_dir)
-            if self.best is not None:
-                self.best.restore()
+            load_training_state(self, self.resume_dir)  # and the best checkpoint's value
 
     # ------------------------------------------------------------------ setup
 
