@@ -252,12 +252,24 @@ def study_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
+    plt = _pyplot()
     objs = t["objectives"]
     pairs = [(0, 1)] if len(objs) == 2 else [(0, 1), (0, 2), (1, 2)]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.4), squeeze=False)
@@ -294,17 +306,11 @@ def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_reward_kl(t: Mapping[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     objs = t["objectives"]
     fig, axes = plt.subplots(1, len(objs), figsize=(4.6 * len(objs), 3.8), squeeze=False)
     for ax, o in zip(axes[0], objs, strict=True):
@@ -322,17 +328,11 @@ def plot_reward_kl(t: Mapping[str, Any], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_rates(t: Mapping[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for m, curves in t["pama_rates"].items():
         for key, style in (("zero_rate", "-"), ("conflict_rate", ":")):
@@ -353,9 +353,7 @@ def plot_rates(t: Mapping[str, Any], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_report(results: Mapping[str, Any], out: Path) -> None:
