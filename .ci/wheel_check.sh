@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 read -r -a PIP_FLAGS <<<"${PIP_FLAGS:-}"
+# The committed lock as constraints (set by the Makefile), so CI resolves what the tests did.
+if [[ -n "${LOCK:-}" ]]; then PIP_FLAGS+=(-c "$(cd "$(dirname "$LOCK")" && pwd)/$(basename "$LOCK")"); fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/paretoopt-wheel-check.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 start=$SECONDS

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from paretoopt import MGDA, Combiner, CombineResult, gram_matrix, min_norm_weights
+from paretoopt import MGDA, Combiner, gram_matrix
 
 __all__ = [
     "DistributedMGDA",
@@ -161,12 +161,13 @@ class DistributedMGDA(Combiner):
       (n^2 numbers).
 
     The solve (float64) is identical on every process, so the weights :math:`\alpha` are
-    too; ``result.loss`` is :math:`\sum_i \alpha_i L_i^{(r)}` and DDP's gradient average
+    too; ``result.loss`` is :math:`\sum_i \alpha_i L_i^{(r)}` (``alpha`` the simplex weights,
+    or ``c / nu`` with ``rescale=True``) and DDP's gradient average
     turns it into :math:`\sum_i \alpha_i \bar g_i`, the single-process MGDA update.
     On one process it equals :class:`paretoopt.MGDA`.
 
     Args:
-        mode, normalization, solver, tol, max_iter: as :class:`paretoopt.MGDA`.
+        mode, normalization, solver, tol, max_iter, rescale: as :class:`paretoopt.MGDA`.
         group: process group to reduce over (default: the world).
     """
 
@@ -180,6 +181,7 @@ class DistributedMGDA(Combiner):
         tol: float | None = None,
         max_iter: int | None = None,
         group: dist.ProcessGroup | None = None,
+        rescale: bool = False,
     ) -> None:
         # Validation and the per-objective gradient code live in the core combiner.
         self.mgda = MGDA(
@@ -188,6 +190,7 @@ class DistributedMGDA(Combiner):
             solver=solver,  # type: ignore[arg-type]
             tol=tol,
             max_iter=max_iter,
+            rescale=rescale,
         )
         self.group = group
 
@@ -196,8 +199,11 @@ class DistributedMGDA(Combiner):
         return self.mgda.mode
 
     def _hparams(self) -> dict[str, Any]:
-        m = self.mgda
-        return {"mode": m.mode, "normalization": m.normalization, "solver": m.solver}
+        return self.mgda._hparams()
+
+    @property
+    def loss_scale_degree(self) -> int:  # type: ignore[override]
+        return self.mgda.loss_scale_degree
 
     def global_gram(self, losses: list[Tensor], shared: Tensor | None, params: Any) -> Tensor:
         """Gram matrix ``[n, n]`` (float64, CPU) of the global per-objective gradients."""
@@ -208,26 +214,6 @@ class DistributedMGDA(Combiner):
         return (all_reduce_sum(gram_matrix(jac), self.group) / (w * w)).cpu()
 
     def _combine(self, losses, *, shared, params):  # type: ignore[override]
-        n = len(losses)
         gram = self.global_gram(losses, shared, params)
         loss_values = all_reduce_mean(torch.stack([loss.detach() for loss in losses]), self.group)
-        nu = self.mgda.normalizers(list(loss_values.unbind()), gram)
-        sol = min_norm_weights(
-            gram / torch.outer(nu, nu),
-            method=self.mgda.solver,
-            tol=self.mgda.tol,
-            max_iter=self.mgda.max_iter,
-        )
-        alpha = sol.weights / nu
-        loss = sum(float(alpha[i]) * losses[i] for i in range(n))
-        assert isinstance(loss, Tensor)
-        stats = {
-            "min_norm": sol.value,
-            "kkt_residual": sol.kkt_residual,
-            "solver_iterations": float(sol.iterations),
-            "min_directional_derivative": float((gram @ alpha).min()),
-        }
-        for i in range(n):
-            stats[f"weight/{i}"] = float(sol.weights[i])
-            stats[f"loss_weight/{i}"] = float(alpha[i])
-        return CombineResult(loss=loss, weights=sol.weights, stats=stats)
+        return self.mgda.from_gram(losses, gram, list(loss_values.unbind()))

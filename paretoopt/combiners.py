@@ -107,6 +107,8 @@ class Combiner(ABC):
 
     requires: ClassVar[str | None] = None
     name: ClassVar[str] = "combiner"
+    #: ``h`` with ``combine(s * losses).loss == s**h * combine(losses).loss`` for ``s > 0``.
+    loss_scale_degree: int = 1
 
     def __call__(
         self,
@@ -320,17 +322,30 @@ class MGDA(Combiner):
     * ``"shared"`` (MGDA-UB): gradients w.r.t. a shared representation ``z`` (cheap VJPs),
       which minimises an upper bound of the exact problem. Needs ``shared=``.
 
-    The Gram matrix is built and solved in float64 whatever the input dtype. Normalisations
-    (Sener & Koltun, section 3.3) divide gradient i by :math:`\nu_i`: ``"none"`` (1),
-    ``"l2"`` (:math:`\lVert g_i \rVert`), ``"loss"`` (:math:`L_i`), ``"loss+"``
-    (:math:`L_i \lVert g_i \rVert`). The update is the min-norm point of the normalised
-    gradients, :math:`\sum_i c_i g_i / \nu_i`; ``result.weights`` holds ``c`` (on the simplex)
-    and ``result.stats["loss_weight/i"]`` the effective :math:`c_i / \nu_i` applied to
-    :math:`L_i`.
+    The Gram matrix is built and solved in float64 whatever the input dtype. The
+    normalisations are those of the authors' code (``gradient_normalizers`` in
+    ``min_norm_solvers.py`` of github.com/intel-isl/MultiObjectiveOptimization): gradient i is
+    divided by :math:`\nu_i`, ``"none"`` (1), ``"l2"`` (:math:`\lVert g_i \rVert`),
+    ``"loss"`` (:math:`L_i`) or ``"loss+"`` (:math:`L_i \lVert g_i \rVert`), and ``c`` is
+    the min-norm point of the normalised gradients.
+
+    What is trained on, as in that code (``train_multi_task.py``): the raw losses with the
+    simplex weights, :math:`\sum_i c_i L_i`, a convex combination of the losses whatever the
+    normalisation, so its scale is the losses' scale (a learning rate or a gradient clip tuned
+    for one loss still fits). Under ``"l2"`` with two objectives c is always (1/2, 1/2) (the
+    min-norm point of two unit vectors is their midpoint): the default is then the uniform
+    average of the two losses. ``rescale=True`` trains instead on
+    :math:`\sum_i (c_i / \nu_i) L_i`, whose gradient is the min-norm point of the
+    *normalised* gradients (unit-norm gradients under ``"l2"``): its scale is no longer the
+    losses' (an effective loss weight of 20 is common), which a clip or a value loss sharing
+    the trunk then feels. ``result.weights`` holds ``c`` (on the simplex) and
+    ``result.stats["loss_weight/i"]`` the weight actually applied to :math:`L_i`.
 
     Args:
         mode: ``"params"`` or ``"shared"``.
         normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
+        rescale: train on :math:`\sum_i (c_i/\nu_i) L_i` instead of :math:`\sum_i c_i L_i`
+            (default False; no effect with ``"none"``).
         solver: ``"exact"`` (Wolfe's method), ``"frank_wolfe"`` or ``"projected_gradient"``.
         tol, max_iter: passed to :func:`paretoopt.min_norm_weights`.
     """
@@ -344,6 +359,7 @@ class MGDA(Combiner):
         solver: MinNormMethod = "exact",
         tol: float | None = None,
         max_iter: int | None = None,
+        rescale: bool = False,
     ) -> None:
         if mode not in ("params", "shared"):
             raise ValueError(f"mode must be 'params' or 'shared', got {mode!r}")
@@ -357,8 +373,11 @@ class MGDA(Combiner):
             raise ValueError(f"tol must be > 0, got {tol}")
         if max_iter is not None and max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        if not isinstance(rescale, bool):
+            raise TypeError(f"rescale must be True or False, got {rescale!r}")
         self.mode = mode
         self.normalization = normalization
+        self.rescale = rescale
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
@@ -368,7 +387,28 @@ class MGDA(Combiner):
         return self.mode
 
     def _hparams(self) -> dict[str, Any]:
-        return {"mode": self.mode, "normalization": self.normalization, "solver": self.solver}
+        return {
+            "mode": self.mode,
+            "normalization": self.normalization,
+            "rescale": self.rescale,
+            "solver": self.solver,
+        }
+
+    @property
+    def divides_by_loss(self) -> bool:
+        """Whether the normalisation divides by the losses (they must then be > 0)."""
+        return self.normalization in ("loss", "loss+")
+
+    @property
+    def loss_scale_degree(self) -> int:
+        """``h`` with ``combine(s * losses).loss == s**h * combine(losses).loss`` for s > 0.
+
+        1 (the combination scales with the losses) except for ``rescale=True`` with a
+        normalisation: 0 under ``"l2"`` and ``"loss"``, -1 under ``"loss+"``. A training loop
+        that divides the losses (gradient accumulation) needs it to keep the average."""
+        if not self.rescale or self.normalization == "none":
+            return 1
+        return -1 if self.normalization == "loss+" else 0
 
     def jacobian(self, losses: list[Tensor], shared: Tensor | None, params: Any) -> Tensor:
         """The ``[n, d]`` matrix of per-objective gradients this combiner works on."""
@@ -422,7 +462,6 @@ class MGDA(Combiner):
         return torch.where(nu > 0, nu.cpu(), torch.ones_like(nu.cpu()))
 
     def _combine(self, losses, *, shared, params):  # type: ignore[override]
-        n = len(losses)
         jac = self.jacobian(losses, shared, params)
         gram = gram_matrix(jac).cpu()
         if not bool(torch.isfinite(gram).all()):
@@ -430,14 +469,28 @@ class MGDA(Combiner):
             where = "shared tensor" if self.mode == "shared" else "params"
             check_finite(jac, f"gradient w.r.t. the {where}", objective_dim=0)
             raise ValueError("the Gram matrix of the gradients overflowed float64")
-        nu = self.normalizers(losses, gram)
+        return self.from_gram(losses, gram)
+
+    def from_gram(
+        self, losses: list[Tensor], gram: Tensor, loss_values: Sequence[Tensor] | None = None
+    ) -> CombineResult:
+        """The combination given the Gram matrix of the gradients (float64 ``[n, n]``).
+
+        ``loss_values`` (default ``losses``) are what the ``"loss"`` normalisations divide by:
+        a data-parallel caller passes the losses averaged over processes.
+        """
+        n = len(losses)
+        nu = self.normalizers(list(losses if loss_values is None else loss_values), gram)
         gram_n = gram / torch.outer(nu, nu)
         sol = min_norm_weights(gram_n, method=self.solver, tol=self.tol, max_iter=self.max_iter)
-        alpha = sol.weights / nu  # effective weight on each raw loss
+        # The weight applied to each raw loss: c (the authors' code) or c / nu (rescale).
+        alpha = sol.weights / nu if self.rescale else sol.weights.clone()
         loss = sum(float(alpha[i]) * losses[i] for i in range(n))
         assert isinstance(loss, Tensor)
-        # Directional derivatives g_i . d of the update d = sum_j alpha_j g_j: all >= 0 at the
-        # min-norm point (the update conflicts with no objective).
+        # Directional derivatives g_i . d of the update d = sum_j alpha_j g_j. All >= 0 when d
+        # is the min-norm point itself (normalization "none", or rescale=True): the update
+        # conflicts with no objective. With a normalisation and simplex weights on the raw
+        # losses (the default) d is c applied to the raw gradients, which can conflict.
         dirderiv = gram @ alpha
         stats = {
             "min_norm": sol.value,

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -114,8 +114,14 @@ def test_permutation_invariance(a: torch.Tensor, rnd) -> None:
 
 @given(coefs_strategy(), st.floats(min_value=1e-6, max_value=1e6))
 def test_positive_scale_equivariance(a: torch.Tensor, k: float) -> None:
+    scaled = a * k
+    # The property is of exact arithmetic: skip inputs whose scaling underflows (a subnormal
+    # times k can round to 0) or rounds two different entries to one (a new tie).
+    tiny = torch.finfo(torch.float64).tiny
+    assume(bool(((scaled.abs() >= tiny) | (a == 0)).all()))
+    assume(torch.unique(scaled).numel() == torch.unique(a).numel())
     s1, w1 = pama_closed_form(a)
-    s2, w2 = pama_closed_form(a * k)
+    s2, w2 = pama_closed_form(scaled)
     assert float(s2) == pytest.approx(k * float(s1), rel=1e-12, abs=1e-300)
     torch.testing.assert_close(w2, w1, rtol=0, atol=1e-9)
 

@@ -164,8 +164,9 @@ def test_mgda_ub_uses_gradients_at_the_shared_tensor() -> None:
     torch.testing.assert_close(total, param_grads(model))
 
 
+@pytest.mark.parametrize("rescale", [False, True], ids=["simplex", "rescaled"])
 @pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
-def test_mgda_normalizations(normalization: str) -> None:
+def test_mgda_normalizations(normalization: str, rescale: bool) -> None:
     w = torch.nn.Parameter(torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64))
     targets = [torch.tensor(t, dtype=torch.float64) for t in ([3, 0, 0], [0, -2, 1], [1, 1, 5])]
     losses = [((w - t) ** 2).sum() for t in targets]
@@ -177,14 +178,71 @@ def test_mgda_normalizations(normalization: str) -> None:
         "loss+": lv * grads.norm(dim=1),
     }[normalization]
     gn = grads / nu[:, None]
-    expected = min_norm_weights(gn @ gn.T).weights
-    res = MGDA(normalization=normalization)(losses, params=[w])
+    expected = min_norm_weights(gn @ gn.T).weights  # c: solved on the normalised gradients
+    res = MGDA(normalization=normalization, rescale=rescale)(losses, params=[w])
     torch.testing.assert_close(res.weights, expected)
     res.loss.backward()
-    # The update is the min-norm point of the normalised gradients.
-    torch.testing.assert_close(w.grad, gn.T @ expected)
+    if rescale:
+        # The update is the min-norm point of the normalised gradients: sum_i c_i g_i / nu_i.
+        torch.testing.assert_close(w.grad, gn.T @ expected)
+        applied = expected / nu
+    else:
+        # The authors' code: the raw losses with the simplex weights, sum_i c_i L_i.
+        torch.testing.assert_close(w.grad, grads.T @ expected)
+        applied = expected
+        assert float(res.loss.detach()) == pytest.approx(float(expected @ lv))
     for i in range(3):
-        assert res.stats[f"loss_weight/{i}"] == pytest.approx(float(expected[i] / nu[i]))
+        assert res.stats[f"loss_weight/{i}"] == pytest.approx(float(applied[i]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.05, 20.0), min_size=2, max_size=5),
+    st.sampled_from(["none", "l2", "loss", "loss+"]),
+    st.sampled_from(["params", "shared"]),
+    st.integers(0, 2**16),
+)
+def test_mgda_default_loss_is_a_convex_combination_of_the_losses(
+    scales: list[float], normalization: str, mode: str, seed: int
+) -> None:
+    """Whatever the normalisation, the default trains on sum_i c_i L_i with c on the simplex:
+    the combined loss lies between the smallest and the largest loss, and the applied loss
+    weights are the simplex weights (the study's MGDA-UB once applied weights of 14-22)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(6, dtype=torch.float64, generator=gen))
+    z = w * 1.0
+    targets = torch.randn(len(scales), 6, dtype=torch.float64, generator=gen)
+    losses = [s * ((z - t) ** 2).sum() + 0.1 for s, t in zip(scales, targets, strict=True)]
+    res = MGDA(mode=mode, normalization=normalization)(losses, shared=z, params=[w])
+    values = [float(loss.detach()) for loss in losses]
+    assert min(values) - 1e-9 <= float(res.loss.detach()) <= max(values) + 1e-9
+    applied = torch.tensor([res.stats[f"loss_weight/{i}"] for i in range(len(scales))])
+    torch.testing.assert_close(applied, res.weights.to(applied.dtype))
+    assert float(res.weights.sum()) == pytest.approx(1.0) and bool((res.weights >= 0).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "degree"),
+    [
+        ({}, 1),
+        ({"normalization": "l2"}, 1),
+        ({"normalization": "loss+"}, 1),
+        ({"normalization": "none", "rescale": True}, 1),
+        ({"normalization": "l2", "rescale": True}, 0),
+        ({"normalization": "loss", "rescale": True}, 0),
+        ({"normalization": "loss+", "rescale": True}, -1),
+    ],
+)
+def test_mgda_loss_scale_degree(kwargs: dict, degree: int) -> None:
+    """combine(s L).loss == s**h combine(L).loss, h as the combiner declares it."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64))
+    targets = [torch.tensor(t, dtype=torch.float64) for t in ([3, 0, 0], [0, -2, 1])]
+    combiner = MGDA(**kwargs)
+    assert combiner.loss_scale_degree == degree
+    base = float(combiner([((w - t) ** 2).sum() for t in targets], params=[w]).loss.detach())
+    for s in (0.25, 3.0):
+        scaled = combiner([s * ((w - t) ** 2).sum() for t in targets], params=[w])
+        assert float(scaled.loss.detach()) == pytest.approx(s**degree * base, rel=1e-10)
 
 
 def test_mgda_loss_normalization_rejects_non_positive_loss() -> None:
@@ -326,7 +384,7 @@ def test_make_combiner_and_repr() -> None:
     morlhf = make_combiner("morlhf")
     assert isinstance(morlhf, LinearScalarization) and morlhf.weights == (0.5, 0.5)
     assert repr(MGDA(normalization="l2")) == (
-        "MGDA(mode='params', normalization='l2', solver='exact')"
+        "MGDA(mode='params', normalization='l2', rescale=False, solver='exact')"
     )
     assert repr(PAMA()) == "PAMA(granularity='token')"
 
@@ -366,3 +424,17 @@ def test_pama_mask_averages_weights_and_stats_over_valid_elements() -> None:
         PAMA()(losses, shared=u, mask=mask[0])
     with pytest.raises(ValueError, match="no valid element"):
         PAMA()(losses, shared=u, mask=torch.zeros_like(mask))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**16), st.floats(0.01, 100.0), st.floats(0.01, 100.0))
+def test_mgda_l2_on_two_objectives_is_the_uniform_average(seed: int, s1: float, s2: float):
+    """The min-norm point of two unit vectors is their midpoint: with l2 normalisation and two
+    objectives the simplex weights are exactly 1/2 each, whatever the gradients (non-zero, not
+    opposite), so MGDA's default trains on (L_1 + L_2) / 2, uniform linear scalarization."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64, generator=gen))
+    t = torch.randn(2, 5, dtype=torch.float64, generator=gen)
+    losses = [s1 * ((w - t[0]) ** 2).sum(), s2 * ((w - t[1]) ** 3).abs().sum()]
+    res = MGDA(normalization="l2")(losses, params=[w])
+    torch.testing.assert_close(res.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))

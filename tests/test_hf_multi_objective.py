@@ -324,36 +324,69 @@ def _with_grad_scaler(model_dir: Path, tmp_path: Path, init_scale: float | None,
     no fp16 scaler of its own), so that the scaled path runs without a GPU."""
     data = two_task_data(8)
     model = load_two_task(model_dir)
+    compute_losses = kw.pop("compute_losses", None)
     args = _args(tmp_path, head_modules=HEADS, optim="sgd", train_sampling_strategy="sequential",
                  per_device_train_batch_size=4, **kw)  # fmt: skip
-    trainer = MultiObjectiveTrainer(model, args, train_dataset=data)
+    trainer = MultiObjectiveTrainer(model, args, train_dataset=data, compute_losses=compute_losses)
     if init_scale is not None:
         trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
     trainer.train()
     return _state(model), trainer
 
 
-@pytest.mark.parametrize("combiner", ["mgda_ub", "mgda"])
+def _large_losses(model, inputs):
+    """Objective "a" times 2**20: its gradients (~1e5 and more) overflow float32 at a loss
+    scale of 2**127 whatever the library versions, so every combiner's update does."""
+    losses = model(**inputs)["losses"]
+    return {"a": losses["a"] * 2.0**20, "b": losses["b"]}
+
+
+SCALER_COMBINERS = ["mgda_ub", "mgda", "pama", "linear"]
+
+
+@pytest.mark.parametrize("combiner", SCALER_COMBINERS)
 def test_grad_scaler_scales_every_objective_and_skips_overflowing_steps(
     model_dir: Path, tmp_path: Path, combiner: str
 ) -> None:
     # no clipping: accelerate unscales before clipping only under its own fp16 setting
-    kw = dict(combiner=combiner, combiner_kwargs={"normalization": "l2"}, max_steps=2,
-              max_grad_norm=0.0)  # fmt: skip
+    kw = dict(combiner=combiner, max_steps=2, max_grad_norm=0.0)
+    if combiner.startswith("mgda"):
+        kw["combiner_kwargs"] = {"normalization": "l2"}
     plain, _ = _with_grad_scaler(model_dir, tmp_path / "p", None, **kw)
     scaled, trainer = _with_grad_scaler(model_dir, tmp_path / "s", 2.0**12, **kw)
     for k in plain:  # the combination does not depend on the loss scale
         torch.testing.assert_close(scaled[k], plain[k], rtol=1e-5, atol=1e-7)
     assert trainer.accelerator.scaler.get_scale() == 2.0**12
-    # a scale that overflows float32 in the per-objective gradients: the step is skipped and
-    # the scale halved, as the scaler does for one loss, instead of an error
+    # Gradients that overflow float32 once scaled: the step is skipped and the scale halved,
+    # as the scaler does for one loss, instead of an error or an applied step.
     init = _state(load_two_task(model_dir))
-    skipped, trainer = _with_grad_scaler(
-        model_dir, tmp_path / "o", 2.0**127, **{**kw, "max_steps": 1}
-    )
+    over = {**kw, "max_steps": 1, "compute_losses": _large_losses}
+    if combiner in ("pama", "mgda_ub"):  # compute_losses: the shared tensor from a module
+        over["shared_module"] = "bert"
+    skipped, trainer = _with_grad_scaler(model_dir, tmp_path / "o", 2.0**127, **over)
     for k in init:
         assert torch.equal(skipped[k], init[k]), k
     assert trainer.accelerator.scaler.get_scale() == 2.0**126
+
+
+@pytest.mark.parametrize("combiner", ["mgda", "mgda_ub"])
+def test_a_huge_loss_scale_without_overflow_applies_the_exact_step(
+    model_dir: Path, tmp_path: Path, combiner: str
+) -> None:
+    """At a scale of 2**127 this model's scaled gradients stay below float32's maximum (the
+    largest is about 2.5e38): nothing overflowed, so the scaler must apply the step, and the
+    unscaled step is the plain one (scaling by a power of two is exact). transformers before
+    5.2x computed the logged gradient norm with clip_grad_norm_(max_norm=inf) on the scaled
+    gradients: the norm overflowed, inf / inf made the clip coefficient NaN and the gradients
+    NaN, and the scaler skipped a valid step. That, not an overflowing gradient, is what the
+    former version of the test above saw on those releases."""
+    kw = dict(combiner=combiner, combiner_kwargs={"normalization": "l2"}, max_steps=1,
+              max_grad_norm=0.0)  # fmt: skip
+    plain, _ = _with_grad_scaler(model_dir, tmp_path / "p", None, **kw)
+    huge, trainer = _with_grad_scaler(model_dir, tmp_path / "h", 2.0**127, **kw)
+    for k in plain:
+        torch.testing.assert_close(huge[k], plain[k], rtol=1e-6, atol=1e-9)
+    assert trainer.accelerator.scaler.get_scale() == 2.0**127
 
 
 def test_non_finite_loss_under_a_grad_scaler_skips_the_step(model_dir: Path, tmp_path: Path):
@@ -537,3 +570,50 @@ def test_eval_losses_are_per_sample_with_a_short_last_batch(
     metrics = trainer.evaluate()  # batches of 2, 2 and 1
     total = metrics["eval_loss/a"] + metrics["eval_loss/b"]
     assert total == pytest.approx(metrics["eval_loss"], rel=1e-5)
+
+
+ACCUMULATION_COMBINERS = [
+    ("linear", {}),
+    ("pama", {}),
+    *[("mgda", {"normalization": n, "rescale": r})
+      for n in ("none", "l2", "loss", "loss+") for r in (False, True)],
+    *[("mgda_ub", {"normalization": n, "rescale": r})
+      for n in ("l2", "loss+") for r in (False, True)],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("combiner", "kwargs"),
+    ACCUMULATION_COMBINERS,
+    ids=[f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for c, kw in ACCUMULATION_COMBINERS],
+)
+def test_accumulating_two_identical_micro_batches_is_one_step_on_one(
+    model_dir: Path, tmp_path: Path, combiner: str, kwargs: dict
+) -> None:
+    """SGD, no clipping: gradient accumulation 2 over two copies of one micro-batch must give
+    the step of one micro-batch, for every combiner and normalisation, trunk and heads alike.
+    A scale-free combination (MGDA with rescale=True and l2 / loss / loss+) undid the
+    division by the accumulation steps on the trunk, which then got the sum of the two steps
+    while the heads got their average. The logged loss is sum_i w_i L_i, as a user reads it."""
+    rows = two_task_data(4).to_dict()
+    twice = type(two_task_data(4)).from_dict({k: v + v for k, v in rows.items()})
+
+    def train(data, accumulate: int, out: str):
+        model = load_two_task(model_dir)
+        args = _args(
+            tmp_path / out, combiner=combiner, combiner_kwargs=kwargs, head_modules=HEADS,
+            max_steps=1, optim="sgd", max_grad_norm=0.0, train_sampling_strategy="sequential",
+            per_device_train_batch_size=4, gradient_accumulation_steps=accumulate,
+        )  # fmt: skip
+        trainer = MultiObjectiveTrainer(model, args, train_dataset=data)
+        trainer.train()
+        return _state(model), trainer.state.log_history[0]
+
+    one, log_one = train(two_task_data(4), 1, "one")
+    acc, log_acc = train(twice, 2, "acc")
+    for k in one:
+        torch.testing.assert_close(acc[k], one[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert log_acc["loss"] == pytest.approx(log_one["loss"], rel=1e-4)
+    losses = [log_one["loss/a"], log_one["loss/b"]]
+    # a convex combination of the two losses (PAMA, MGDA) or the fixed weights' sum (uniform)
+    assert min(losses) - 1e-3 <= log_one["loss"] <= max(losses) + 1e-3

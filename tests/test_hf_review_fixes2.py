@@ -86,15 +86,34 @@ def test_eval_reference_point_is_checked_at_build(
 
 @pytest.mark.parametrize("combiner", ["mgda", "mgda_ub"])
 @pytest.mark.parametrize("normalization", ["loss", "loss+"])
-def test_loss_normalization_is_refused_on_noon_clipped_losses(
+def test_loss_normalization_is_refused_on_ppo_losses_at_build(
     combiner: str, normalization: str
 ) -> None:
-    with pytest.raises(ValueError, match="always <= 0"):
-        MOPPOConfig(combiner=combiner, mgda_normalization=normalization)
-    with pytest.raises(ValueError, match="always <= 0"):
-        MOPPOConfig(combiner=combiner, combiner_kwargs={"normalization": normalization})
-    # Unclipped losses can be positive: allowed.
-    assert MOPPOConfig(combiner=combiner, mgda_normalization=normalization, noon=False)
+    """A PPO policy loss has no fixed sign: with Noon always <= 0, without Noon either sign,
+    so dividing by it would fail at some later update. Refused when the config is built."""
+    for noon in (True, False):
+        with pytest.raises(ValueError, match="no fixed sign"):
+            MOPPOConfig(combiner=combiner, mgda_normalization=normalization, noon=noon)
+        with pytest.raises(ValueError, match="no fixed sign"):
+            MOPPOConfig(combiner=combiner, combiner_kwargs={"normalization": normalization},
+                        noon=noon)  # fmt: skip
+    # other combiners never divide by the loss
+    assert MOPPOConfig(combiner="pama", mgda_normalization=normalization)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_mgda_rescale_reaches_the_combiner(rescale: bool) -> None:
+    from paretoopt.integrations.hf.models import build_combiner
+
+    config = MOPPOConfig(combiner="mgda_ub", mgda_rescale=rescale)
+    combiner = build_combiner(config, 1, 2)
+    assert combiner.rescale is rescale and combiner.normalization == "l2"
+    distributed = build_combiner(config, 2, 2)  # DistributedMGDA under data parallelism
+    assert distributed.mgda.rescale is rescale
+    assert distributed.loss_scale_degree == (0 if rescale else 1)
+    assert MOPPOConfig().mgda_rescale is False  # the authors' code: simplex weights
+    with pytest.raises(ValueError, match="mgda_rescale"):
+        MOPPOConfig(mgda_rescale="yes")
 
 
 def test_batch_granularity_on_the_generic_route_is_refused_by_the_config() -> None:

@@ -80,6 +80,7 @@ def test_every_method_stays_finite_and_mgda_pama_always_descend() -> None:
     assert {r.method for r in runs} == {
         "linear",
         "mgda_ub",
+        "mgda_ub_rescaled",
         "mgda",
         "pama",
         "torchjd_mgda",

@@ -117,3 +117,46 @@ def test_cli_and_its_files_are_in_the_wheel(wheel: zipfile.ZipFile) -> None:
     ]
     for module in needed:
         assert f"{wheel_path(module)}.py" in names, f"{module} is missing from the wheel"
+
+
+def _lock(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements" / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pkg, sep, version = line.partition("==")
+        assert sep, f"requirements/{name}: {line!r} is not an exact pin"
+        pins[pkg.lower().replace("_", "-")] = version
+    return pins
+
+
+def _requirement_name(req: str) -> str:
+    import re
+
+    return re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_lock_pins_every_dependency_the_makefile_installs() -> None:
+    """make test installs `-e .[hf,trl,bench,dev]` with `-c requirements/lock.txt`: every
+    requirement of those extras (and the core) must be pinned there, within pyproject's range,
+    or a fresh machine would resolve it anew."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    lock = _lock("lock.txt")
+    reqs = list(project["dependencies"])
+    for extra in ("hf", "trl", "bench", "dev"):
+        reqs += [r for r in project["optional-dependencies"][extra] if "paretoopt" not in r]
+    for req in reqs:
+        parsed = Requirement(req)
+        name = _requirement_name(req)
+        assert name in lock, f"{name} (pyproject: {req!r}) is not in requirements/lock.txt"
+        assert parsed.specifier.contains(lock[name], prereleases=True), (
+            f"requirements/lock.txt pins {name}=={lock[name]}, outside pyproject's {req!r}"
+        )
+    assert "+" not in lock["torch"], "torch is locked with a local build label"
+    verl = _lock("lock-verl.txt")
+    assert "verl" in verl and verl["torch"] == lock["torch"]
+    makefile = (REPO / "Makefile").read_text()
+    assert "-c $(LOCK)" in makefile and "-c $(VERL_LOCK)" in makefile

@@ -91,6 +91,29 @@ def test_tuning_picks_the_best_mean_over_methods(tmp_path, monkeypatch) -> None:
     assert tuning["seeds"] == [900]
 
 
+def test_tuning_is_on_task_1_whatever_task_is_listed_first(tmp_path, monkeypatch) -> None:
+    """docs/study.md: the settings are tuned on task 1. `--tasks support_replies
+    sentiment_length` (or task 2 alone) once tuned on task 2."""
+    from dataclasses import replace
+
+    from paretoopt.integrations.study import tasks
+
+    seen: list[str] = []
+    monkeypatch.setattr(tasks, "load_task", lambda name, *a, **k: seen.append(name))
+
+    def fake_run_jobs(jobs, config, raw_dir, cache_dir, progress, desc=""):
+        seen.extend(j["task"] for j in jobs)
+        return [{"job": j, "evals": {str(j["steps"]): {"per_response_hv": 1.0}}} for j in jobs]
+
+    monkeypatch.setattr(protocol, "run_jobs", fake_run_jobs)
+    for order in (("support_replies", "sentiment_length"), ("support_replies",)):
+        seen.clear()
+        config = replace(protocol.preset("tiny"), tasks=order)
+        tuning = protocol.tune(config, tmp_path / "t", None, progress=False)
+        assert tuning["task"] == "sentiment_length"
+        assert set(seen) == {"sentiment_length"}
+
+
 def test_method_definitions_differ_only_in_the_combiner() -> None:
     for m in protocol.available_methods(protocol.CORE_METHODS):
         fields = protocol.method_fields(m, 2)

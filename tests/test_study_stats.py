@@ -92,8 +92,43 @@ def test_hypervolumes_and_joint_success_score_a_mixture_differently() -> None:
 
 def test_reward_at_kl_interpolates_and_never_extrapolates() -> None:
     assert stats.reward_at_kl([0, 1, 2], [0, 1, 4], 1.5) == pytest.approx(2.5)
-    assert stats.reward_at_kl([2, 0, 1], [4, 0, 1], 0.5) == pytest.approx(0.5)
+    assert stats.reward_at_kl([0, 1, 2], [0, 1, 4], 2.0) == 4.0  # the final checkpoint
     assert math.isnan(stats.reward_at_kl([0, 1], [0, 1], 1.5))
+    assert math.isnan(stats.reward_at_kl([0, 1], [0, 1], -0.5))
+
+
+def test_reward_at_kl_follows_the_training_path_in_order() -> None:
+    """Non-monotone paths (hand computed). The published study sorted the path by KL, so
+    PAMA's 0, 5.08, 5.60, 5.22 was read between steps 200 and 100; the path is walked in
+    training order and read on the latest segment that reaches the target."""
+    kl = [0.0, 5.082, 5.600, 5.218]
+    reward = [-0.251, 1.264, 1.338, 1.389]
+    # Its own final KL: its final reward, not a point between steps 100 and 200.
+    assert stats.reward_at_kl(kl, reward, 5.218) == 1.389
+    # 5.4 is crossed twice (40 -> 100 going up, 100 -> 200 going down): the later crossing,
+    # between steps 100 and 200: 1.338 + (5.4 - 5.6) / (5.218 - 5.6) * (1.389 - 1.338).
+    assert stats.reward_at_kl(kl, reward, 5.4) == pytest.approx(1.338 + 0.2 / 0.382 * 0.051)
+    # Crossed once, on the way up: between SFT and step 40.
+    assert stats.reward_at_kl(kl, reward, 2.541) == pytest.approx(-0.251 + 0.5 * 1.515)
+    # 5.15 is only reached between steps 40 and 100; sorting the path would have read it
+    # between the checkpoints at 5.082 (step 40) and 5.218 (step 200): 1.3265.
+    assert stats.reward_at_kl(kl, reward, 5.15) == pytest.approx(1.264 + 0.068 / 0.518 * 0.074)
+    # A path that goes up and comes back down below the target: read on the way down.
+    assert stats.reward_at_kl([0, 4, 2], [0, 10, 20], 3) == pytest.approx(15.0)
+    # A flat segment at the target: its later checkpoint.
+    assert stats.reward_at_kl([0, 2, 2, 5], [0, 1, 3, 9], 2) == 3.0
+    with pytest.raises(ValueError, match="finite"):
+        stats.reward_at_kl([0, float("nan")], [0, 1], 0.5)
+
+
+def test_final_kl_target_is_the_smallest_final_kl_not_the_largest_kl() -> None:
+    paths = [[0.0, 5.082, 5.600, 5.218], [0.0, 3.295, 6.802, 6.483], [0.0, 2.1, 3.4, 5.87]]
+    assert stats.final_kl_target(paths) == 5.218  # the old rule took min(max) = 5.6
+    # every path reaches the target, so no method is extrapolated
+    for p in paths:
+        assert math.isfinite(stats.reward_at_kl(p, list(range(len(p))), 5.218))
+    with pytest.raises(ValueError, match="no KL path"):
+        stats.final_kl_target([])
 
 
 def test_holm_hand_computed() -> None:
@@ -109,3 +144,46 @@ def test_front_weights() -> None:
     assert len(three) == 10
     assert all(abs(sum(w) - 1) < 1e-5 for w in three)
     assert [round(1 / 3, 6)] * 3 in three
+
+
+def _run(method: str, seed: int, kls: list[float], rewards: list[float]) -> dict:
+    steps = (40, 100, 200)
+    evals = {
+        str(s): {"r": r, "q": 0.0, "kl": k, "joint_success": 0.0, "per_response_hv": 0.0,
+                 "point_hv": 0.0, "cut_off_rate": 0.0, "response_words": 1.0}
+        for s, k, r in zip(steps, kls, rewards, strict=True)
+    }  # fmt: skip
+    return {"job": {"seed": seed, "kind": "study", "method": method}, "evals": evals}
+
+
+def test_matched_kl_comparison_reads_both_paths_in_order_at_the_smaller_final_kl() -> None:
+    """Per seed, PAMA (path 0, 5.08, 5.60, 5.22) against a baseline (0, 3.3, 6.8, 6.48): the
+    target is the smaller *final* KL, 5.22 (the old rule took min(max) = 5.60); PAMA is read
+    at its final checkpoint, the baseline where its path crossed 5.22 between steps 40 and
+    100. The old code sorted PAMA's path and interpolated between steps 200 and 100."""
+    from paretoopt.integrations.study.analysis import compare
+
+    sft = {"r": 0.0}
+    pama = [_run("pama", s, [5.08, 5.60, 5.22], [1.0, 2.0, 3.0]) for s in range(3)]
+    base = [_run("morlhf", s, [3.3, 6.8, 6.48], [1.0, 4.0, 5.0]) for s in range(3)]
+    out = compare(pama, base, ["r"], sft, [])
+    expected_base = 1.0 + (5.22 - 3.3) / (6.8 - 3.3) * (4.0 - 1.0)
+    assert out["matched_kl"]["r"]["mean_diff"] == pytest.approx(3.0 - expected_base)
+    assert out["matched_kl"]["r"]["seeds"] == 3
+
+
+def test_sacrifice_is_the_worst_objectives_change_from_the_start() -> None:
+    from paretoopt.integrations.study.analysis import method_entry
+
+    sft = {"r": 1.0, "q": 0.0}
+    runs = []
+    for seed, (r, q) in enumerate([(2.0, 0.5), (0.5, 1.0), (1.0, 0.0)]):
+        run = _run("pama", seed, [1.0, 2.0, 3.0], [0.0, 0.0, r])
+        for step in run["evals"]:
+            run["evals"][step]["q"] = q if step == "200" else 0.0
+        run["curves"], run["seconds"] = [], 1.0
+        runs.append(run)
+    entry = method_entry(runs, ["r", "q"], sft)
+    # seed 0: min(+1, +0.5) = 0.5; seed 1: min(-0.5, +1) = -0.5; seed 2: min(0, 0) = 0
+    assert entry["worst_change"]["mean"] == pytest.approx(0.0)
+    assert entry["no_sacrifice_share"] == pytest.approx(2 / 3)  # a tie with the start is kept

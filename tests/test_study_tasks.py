@@ -107,3 +107,15 @@ def test_support_corpus_pulls_the_objectives_apart() -> None:
     assert 0.05 < len(short_polite_complete) / len(rows) < 0.15
     # Complete replies are mostly curt (negative politeness): helpfulness costs politeness.
     assert sum(r[1] < 0 for r in complete) / len(complete) > 0.6
+
+
+def test_support_joint_success_means_fewer_than_20_words() -> None:
+    """The documented rule: brevity counts for joint success below 20 words, not at 20."""
+    from paretoopt.integrations.study import stats
+
+    cfg = tsup.SupportRepliesConfig()
+    brief = tsup.make_rewards(cfg)[2]
+    thresholds = cfg.success_thresholds
+    for words, ok in ((19, 1.0), (20, 0.0), (21, 0.0)):
+        (b,) = brief(["p"], [" ".join(["w"] * words)])
+        assert stats.joint_success([[1.0, 0.5, b]], thresholds) == ok, words

@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradient normalisation of mgda/mgda_ub (default l2)",
     )
     p.add_argument(
+        "--mgda-rescale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mgda/mgda_ub: train on sum c_i/nu_i L_i (the normalised min-norm point) instead "
+        "of the authors' sum c_i L_i (default off)",
+    )
+    p.add_argument(
         "--value-warmup-steps",
         type=int,
         help="value-only steps on the starting policy before the first update (default 0)",
@@ -227,6 +234,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "advantage_normalization",
         "noon",
         "mgda_normalization",
+        "mgda_rescale",
         "value_warmup_steps",
         "temperature",
         "lora_r",

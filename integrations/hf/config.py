@@ -54,9 +54,13 @@ class MOPPOConfig:
     ``combiner="pama", noon=False`` PAMA uses the closed form on unclipped advantages
     (``s* = relu(min A) - relu(-max A)``) and the standard PPO surrogate."""
     mgda_normalization: Literal["none", "l2", "loss", "loss+"] = "l2"
-    """Gradient normalisation of "mgda" / "mgda_ub" (Sener & Koltun 2018); "none" is an
-    ablation. "loss" / "loss+" divide by the loss and need positive losses: refused with
-    ``noon=True``, whose PPO losses are always <= 0."""
+    """Gradient normalisation of "mgda" / "mgda_ub" (Sener & Koltun's code); "none" is an
+    ablation. "loss" / "loss+" divide by the loss and need positive losses: refused here,
+    since a PPO policy loss has no sign (with Noon it is always <= 0)."""
+    mgda_rescale: bool = False
+    """False (the authors' code): train on ``sum_i c_i L_i``, simplex weights on the raw
+    losses, so the policy loss keeps the scale of one PPO loss. True: ``sum_i (c_i/nu_i)
+    L_i``, the min-norm point of the normalised gradients (``paretoopt.MGDA(rescale=True)``)."""
     pama_granularity: Literal["token", "sample", "batch"] = "token"
     """Where PAMA's closed form is solved: per token (the paper), per sequence, per batch."""
     pama_fast_path: bool = True
@@ -301,18 +305,19 @@ class MOPPOConfig:
                 f"MOPPOConfig.mgda_normalization must be one of {MGDA_NORMALIZATIONS}, "
                 f"got {self.mgda_normalization!r}"
             )
+        if not isinstance(self.mgda_rescale, bool):
+            raise ValueError(
+                f"MOPPOConfig.mgda_rescale must be True or False, got {self.mgda_rescale!r}"
+            )
         normalization = self.combiner_kwargs.get("normalization", self.mgda_normalization)
-        if (
-            self.combiner in ("mgda", "mgda_ub")
-            and self.noon
-            and normalization in ("loss", "loss+")
-        ):
-            # Noon-clipped advantages are >= 0, so each PPO loss -min(r A, clip(r) A) is <= 0
-            # and dividing by it (Sener & Koltun's "loss" normalisation) is never defined.
+        if self.combiner in ("mgda", "mgda_ub") and normalization in ("loss", "loss+"):
+            # A PPO policy loss -min(r A, clip(r) A) has the sign of the advantages: with
+            # Noon-clipped advantages (>= 0) it is always <= 0, without Noon either sign.
+            # Dividing by it is undefined; refuse now rather than at some later update.
             raise ValueError(
                 f"MOPPOConfig.mgda_normalization={normalization!r} divides by the losses and "
-                f"needs them > 0, but with noon=True the {self.combiner!r} PPO losses are "
-                "always <= 0 (Noon-clipped advantages are >= 0); use 'l2' or 'none', or noon=False"
+                f"needs them > 0, but the {self.combiner!r} PPO policy losses have no fixed "
+                "sign (with noon=True they are always <= 0); use 'l2' or 'none'"
             )
         granularity = self.combiner_kwargs.get("granularity", self.pama_granularity)
         if self.combiner == "pama" and granularity == "batch" and not self.pama_fast_path:

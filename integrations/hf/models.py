@@ -296,6 +296,7 @@ def build_combiner(
         kwargs.setdefault("granularity", config.pama_granularity)
     if config.combiner in ("mgda", "mgda_ub"):
         kwargs.setdefault("normalization", config.mgda_normalization)
+        kwargs.setdefault("rescale", config.mgda_rescale)
     if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
         # MGDA's Gram matrix does not decompose over processes: reduce it globally.
         from paretoopt.integrations.distributed import DistributedMGDA

@@ -127,6 +127,33 @@ def _arg(args: TrainingArguments, name: str) -> Any:
     return _DEFAULTS[name].default
 
 
+def _accumulation_split(
+    losses: list[Tensor], steps: int, scaled: bool, degree: int
+) -> tuple[list[Tensor], float, float]:
+    """How one micro-batch of ``steps`` enters gradient accumulation.
+
+    Returns ``(seen, grad_scale, per_step)``: the losses the combiner sees, the factor on
+    every gradient written, and the divisor of the seen losses' combined value that makes the
+    micro-batch's share of the step. The target: k micro-batches accumulate the *average* of
+    their combined steps (with k identical micro-batches, one step on one of them).
+
+    * A combination that scales with the losses (degree 1: fixed weights, PAMA, MGDA with
+      simplex weights) sees the losses divided by ``steps`` (or, with ``scaled``, already
+      divided by the accumulated item count), exactly as the Trainer divides one loss.
+    * A scale-free one (``MGDA(rescale=True)`` with a normalisation: degree 0 or -1) would
+      undo that division, and k micro-batches would add up to k steps. It sees each
+      micro-batch's own mean losses instead (with ``scaled``, the losses times ``steps``:
+      exact for micro-batches with equal item counts), and ``1 / steps`` goes on the
+      gradients.
+    """
+    if degree == 1:
+        if scaled or steps == 1:
+            return list(losses), 1.0, 1.0
+        return [loss / steps for loss in losses], 1.0, 1.0
+    seen = [loss * steps for loss in losses] if scaled else list(losses)
+    return seen, 1.0 / steps, float(steps)
+
+
 class MultiObjectiveTrainer(Trainer):
     """A ``transformers.Trainer`` whose step combines several losses with a paretoopt combiner.
 
@@ -188,6 +215,7 @@ class MultiObjectiveTrainer(Trainer):
                 solver=combiner.solver,
                 tol=combiner.tol,
                 max_iter=combiner.max_iter,
+                rescale=combiner.rescale,
             )
         return combiner
 
@@ -393,19 +421,20 @@ class MultiObjectiveTrainer(Trainer):
             declared = getattr(self, "loss_is_scaled_for_ga", None)
             if declared is not None:
                 scaled = declared
-            divisor = 1 if scaled else self._accumulation_steps()
+            steps = self._accumulation_steps()
             scaler = getattr(self.accelerator, "scaler", None)
             loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0
-            step_losses = [loss / divisor if divisor != 1 else loss for loss in losses]
+            degree = getattr(self.combiner, "loss_scale_degree", 1)
+            seen, grad_scale, per_step = _accumulation_split(losses, steps, scaled, degree)
             try:
                 result = combine_and_backward(
-                    step_losses,
+                    seen,
                     self.combiner,
                     shared=shared,
                     params=layout.trunk,
                     heads=layout.heads,
                     backward=self._backward_through_accelerator(loss_scale),
-                    grad_scale=loss_scale,
+                    grad_scale=loss_scale * grad_scale,
                 )
             except ValueError as exc:
                 if scaler is None or "finite" not in str(exc):
@@ -415,9 +444,13 @@ class MultiObjectiveTrainer(Trainer):
                 self._poison_gradients(layout)
                 return torch.tensor(float("nan"), device=self.args.device)
             self._record_train(names, losses, result)
-            # As Trainer.training_step returns it: divided for accumulation, never by the
-            # grad scaler's scale (combine_and_backward scales the gradients, not result.loss).
-            return result.loss.detach().to(self.args.device)
+            # As Trainer.training_step returns it (divided for accumulation, never by the grad
+            # scaler's scale), and as a user reads it: sum_i w_i L_i with the step's weights
+            # (on the simplex for PAMA and MGDA, whatever the normalisation).
+            if degree == 1:  # the combined loss's value is that sum already
+                return result.loss.detach().to(self.args.device)
+            value = sum(float(result.weights[i]) * seen[i].detach() for i in range(len(seen)))
+            return (value / per_step).to(self.args.device)
 
     def _poison_gradients(self, layout: ObjectiveLayout) -> None:
         params = layout.trunk + [p for h in layout.heads or [] for p in h]

@@ -5,8 +5,10 @@ way a multi-task training loop needs it:
 
 * ours, through :func:`paretoopt.combine_and_backward`: ``linear`` (uniform weights,
   ``sum_i L_i / n``), ``mgda_ub`` (MGDA-UB, min-norm over ``dL_i/dz`` with l2 normalisation,
-  Sener & Koltun 2018), ``mgda`` (exact MGDA over the trunk's parameters, no normalisation) and
-  ``pama`` (the coordinate-wise closed form on ``dL_i/dz``);
+  its simplex weights on the raw losses as in Sener & Koltun's code), ``mgda_ub_rescaled``
+  (the same with ``rescale=True``: ``sum_i (c_i / ||g_i||) L_i``, the min-norm point of the
+  unit-norm gradients), ``mgda`` (exact MGDA over the trunk's parameters, no normalisation)
+  and ``pama`` (the coordinate-wise closed form on ``dL_i/dz``);
 * peers, through torchjd's own multi-task entry point (``autojac.mtl_backward`` then
   ``autojac.jac_to_grad`` with an aggregator): ``torchjd_mgda`` and ``torchjd_upgrad``
   (UPGrad, Quinton & Rey 2024).
@@ -26,13 +28,14 @@ from paretoopt import MGDA, PAMA, Combiner, LinearScalarization, combine_and_bac
 
 __all__ = ["LABELS", "METHODS", "OURS", "PEERS", "apply_method", "make_method"]
 
-OURS: tuple[str, ...] = ("linear", "mgda_ub", "mgda", "pama")
+OURS: tuple[str, ...] = ("linear", "mgda_ub", "mgda_ub_rescaled", "mgda", "pama")
 PEERS: tuple[str, ...] = ("torchjd_mgda", "torchjd_upgrad")
 METHODS: tuple[str, ...] = OURS + PEERS
 
 LABELS: dict[str, str] = {
     "linear": "linear (mean)",
     "mgda_ub": "MGDA-UB (l2)",
+    "mgda_ub_rescaled": "MGDA-UB (l2, rescaled)",
     "mgda": "MGDA (exact)",
     "pama": "PAMA (generic)",
     "torchjd_mgda": "torchjd MGDA",
@@ -46,6 +49,8 @@ def make_method(name: str) -> Combiner | torch.nn.Module:
         return LinearScalarization()
     if name == "mgda_ub":
         return MGDA(mode="shared", normalization="l2")
+    if name == "mgda_ub_rescaled":
+        return MGDA(mode="shared", normalization="l2", rescale=True)
     if name == "mgda":
         return MGDA(mode="params")
     if name == "pama":

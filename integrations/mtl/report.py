@@ -15,6 +15,7 @@ __all__ = ["digits_summary", "plot_all", "tables_markdown", "toy_end"]
 _COLORS = {
     "linear": "tab:blue",
     "mgda_ub": "tab:orange",
+    "mgda_ub_rescaled": "tab:olive",
     "mgda": "tab:green",
     "pama": "tab:red",
     "torchjd_mgda": "tab:purple",

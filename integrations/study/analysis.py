@@ -73,6 +73,10 @@ def method_entry(
         "samples": runs[0]["evals"][final].get("samples", []),
         "seconds_per_run": float(np.mean([r["seconds"] for r in runs])),
     }
+    # The promise, measured: per seed, the worst objective's change from the SFT start.
+    worst = [min(p[o] - sft[o] for o in objectives) for p in per_seed]
+    entry["no_sacrifice_share"] = float(np.mean([w >= 0 for w in worst]))
+    entry["worst_change"] = _summary(worst)
     # The KL path (SFT start at KL 0) for matched-KL comparisons.
     entry["kl_path"] = [0.0] + [checkpoints[s]["kl"]["mean"] for s in checkpoints]
     entry["reward_path"] = {
@@ -133,13 +137,13 @@ def compare(
     out["dominates_share"], out["dominated_share"] = stats.dominance_shares(pa, pb)
     mean_a = np.mean(pa, axis=0).tolist()
     out["dominated_by_front"] = bool(front) and stats.dominated_by_front(mean_a, front)
-    # Matched KL, per seed: both runs read at the smaller of their final KLs.
+    # Matched KL, per seed: both runs read along their paths at the smaller final KL.
     for o in objectives:
         ra, rb = [], []
         for s in seeds:
             ka, va = _seed_path(a_by[s], o, sft)
             kb, vb = _seed_path(b_by[s], o, sft)
-            target = min(max(ka), max(kb))
+            target = stats.final_kl_target([ka, kb])
             ra.append(stats.reward_at_kl(ka, va, target))
             rb.append(stats.reward_at_kl(kb, vb, target))
         ok = [i for i in range(len(seeds)) if np.isfinite(ra[i]) and np.isfinite(rb[i])]
@@ -204,8 +208,9 @@ def task_results(
             mean_point, front_points
         )
 
-    # Matched KL over means: every method's reward at the smallest final KL of all methods.
-    kl_target = min(max(e["kl_path"]) for e in methods.values()) if methods else 0.0
+    # Matched KL over means: every method's reward, read along its mean path in training
+    # order, at the smallest final KL of all methods.
+    kl_target = stats.final_kl_target([e["kl_path"] for e in methods.values()]) if methods else 0.0
     matched = {
         m: {o: stats.reward_at_kl(e["kl_path"], e["reward_path"][o], kl_target) for o in objectives}
         for m, e in methods.items()

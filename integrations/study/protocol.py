@@ -487,6 +487,10 @@ def grid_settings(grid: dict[str, Sequence[Any]] | None = None) -> list[Hparams]
     ]
 
 
+#: The task the hyper-parameters are tuned on (task 1), whatever ``--tasks`` lists first.
+TUNING_TASK = "sentiment_length"
+
+
 def tune(
     config: StudyConfig,
     raw_dir: Path,
@@ -496,13 +500,15 @@ def tune(
 ) -> dict[str, Any]:
     """Choose the hyper-parameters on task 1's tuning seeds; return the whole table.
 
+    Always task 1 (:data:`TUNING_TASK`), whatever the order or choice of ``config.tasks``.
+
     Score of a setting: the mean over the core methods and the tuning seeds of the
     per-response hypervolume at the last tuning step (training prompts, own sampling seed).
     Ties break toward the earlier setting of the grid.
     """
     from .tasks import load_task
 
-    task_name = config.tasks[0]
+    task_name = TUNING_TASK
     load_task(task_name, config.artefact_size, cache_dir, progress)
     settings = grid_settings()
     methods = available_methods(CORE_METHODS)

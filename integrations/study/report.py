@@ -36,6 +36,14 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _sacrifice_cells(e: Mapping[str, Any]) -> list[str]:
+    """Share of seeds with no objective below the SFT start; the worst objective's change."""
+    if "worst_change" not in e:
+        return ["n/a", "n/a"]
+    w = e["worst_change"]
+    return [_f(e["no_sacrifice_share"]), _ci(w["mean"], w["ci95"])]
+
+
 def methods_table(t: Mapping[str, Any]) -> list[str]:
     objs = t["objectives"]
     head = [
@@ -44,6 +52,8 @@ def methods_table(t: Mapping[str, Any]) -> list[str]:
         "joint success ↑",
         "per-response HV ↑",
         "mean-point HV ↑",
+        "no sacrifice ↑",
+        "worst Δ ↑",
         "KL",
         "cut off",
         "seeds",
@@ -58,6 +68,8 @@ def methods_table(t: Mapping[str, Any]) -> list[str]:
                 _f(sft["joint_success"]),
                 _f(sft["per_response_hv"]),
                 _f(sft["point_hv"]),
+                "-",
+                "0",
                 "0",
                 _f(sft["cut_off_rate"]),
                 "-",
@@ -68,6 +80,7 @@ def methods_table(t: Mapping[str, Any]) -> list[str]:
         mean, ci = e["mean"], e["ci95"]
         cells = [METHOD_LABELS.get(m, m), *[_ci(mean[o], ci[o]) for o in objs]]
         cells += [_ci(mean[k], ci[k]) for k in ("joint_success", "per_response_hv", "point_hv")]
+        cells += _sacrifice_cells(e)
         cells += [_f(mean["kl"]), _f(mean["cut_off_rate"]), str(len(e["seeds"]))]
         lines.append(_row(cells))
     return lines
@@ -107,8 +120,9 @@ def matched_kl_table(t: Mapping[str, Any]) -> list[str]:
     objs = t["objectives"]
     lines = [
         f"Rewards at the matched KL {_f(t['matched_kl']['kl'])} (the smallest final mean "
-        "KL of all methods; linear interpolation along each method's KL path "
-        "SFT → checkpoints):",
+        "KL of all methods). Each method's mean path SFT → checkpoints is walked in training "
+        "order and read on the latest segment that reaches that KL, linearly interpolated "
+        "(a method whose final KL it is: its final rewards):",
         "",
         _row(["method", *objs]),
         _row(["---"] * (len(objs) + 1)),
@@ -117,7 +131,8 @@ def matched_kl_table(t: Mapping[str, Any]) -> list[str]:
         lines.append(_row([METHOD_LABELS.get(m, m), *[_f(r[o]) for o in objs]]))
     lines += [
         "",
-        "Per seed, PAMA and each baseline read at the smaller of their two final KLs:",
+        "Per seed, PAMA and each baseline read along their paths, in training order, at the "
+        "smaller of their two final KLs:",
         "",
         _row(["PAMA − baseline", *[f"Δ {o}, p" for o in objs]]),
         _row(["---"] * (len(objs) + 1)),
@@ -224,7 +239,9 @@ def study_markdown(results: Mapping[str, Any]) -> str:
             f"responses per seed and checkpoint (fixed sampling seed). Means over seeds with "
             f"95% percentile-bootstrap CIs at the last checkpoint. Joint success: every "
             f"reward above {t['success_thresholds']}; hypervolume reference "
-            f"{t['hv_reference']}.",
+            f"{t['hv_reference']}. No sacrifice: the share of seeds in which no objective "
+            "ends below the SFT start; worst Δ: per seed, the change from the start of the "
+            "objective that gained least (lost most), mean and CI over seeds.",
             "",
             *methods_table(t),
             "",
@@ -370,7 +387,8 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
 def headline_table(t: Mapping[str, Any]) -> str:
     """The README's compact table of one task: means with 95% CIs at the last checkpoint."""
     objs = t["objectives"]
-    head = ["method", *[f"{o} ↑" for o in objs], "joint success ↑", "per-response HV ↑", "KL"]
+    head = ["method", *[f"{o} ↑" for o in objs], "joint success ↑", "per-response HV ↑",
+            "no sacrifice ↑", "worst Δ ↑", "KL"]  # fmt: skip
     lines = [_row(head), _row(["---"] * len(head))]
     sft = t["sft"]
     lines.append(
@@ -380,6 +398,8 @@ def headline_table(t: Mapping[str, Any]) -> str:
                 *[_f(sft[o]) for o in objs],
                 _f(sft["joint_success"]),
                 _f(sft["per_response_hv"]),
+                "-",
+                "0",
                 "0",
             ]
         )
@@ -388,5 +408,6 @@ def headline_table(t: Mapping[str, Any]) -> str:
         mean, ci = e["mean"], e["ci95"]
         cells = [METHOD_LABELS.get(m, m), *[_ci(mean[o], ci[o]) for o in objs]]
         cells += [_ci(mean[k], ci[k]) for k in ("joint_success", "per_response_hv")]
+        cells += _sacrifice_cells(e)
         lines.append(_row([*cells, _f(mean["kl"], 1)]))
     return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ __all__ = [
     "dominance_shares",
     "dominated_by_front",
     "dominates",
+    "final_kl_target",
     "joint_success",
     "paired_wilcoxon",
     "per_response_hypervolume",
@@ -145,17 +146,39 @@ def joint_success(scores: Sequence[Sequence[float]], thresholds: Sequence[float]
 
 
 def reward_at_kl(kl: Sequence[float], reward: Sequence[float], target: float) -> float:
-    """A method's reward at KL ``target``, linearly interpolated along its KL path.
+    """A method's reward at KL ``target``, read along its training path in order.
 
     ``kl`` and ``reward`` are the method's checkpoints in training order (KL 0 at the SFT
-    start). The path is sorted by KL first; a target outside the path's KL range is
-    answered with NaN rather than extrapolated.
+    start). The path is never sorted: it is walked from the last checkpoint back, and the
+    answer is taken on the *latest* segment (two consecutive checkpoints) whose KLs bracket
+    ``target``, linearly interpolated between them (linear in training steps where the KL is
+    linear between the two checkpoints). So a method whose final KL is ``target`` is read at
+    its final checkpoint, and a method that passed ``target`` on its way to a larger final KL
+    is read where it crossed it last: the most-trained policy of that run at that KL. A
+    target the path never reaches is answered with NaN rather than extrapolated.
     """
     k, r = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float)
     if k.shape != r.shape or k.ndim != 1 or k.size == 0:
         raise ValueError(f"kl and reward must be 1-D of equal length, got {k.shape}, {r.shape}")
-    order = np.argsort(k, kind="stable")
-    k, r = k[order], r[order]
-    if target < k[0] or target > k[-1]:
-        return float("nan")
-    return float(np.interp(target, k, r))
+    if not (np.all(np.isfinite(k)) and np.isfinite(target)):
+        raise ValueError("kl path and target must be finite")
+    if k[-1] == target:
+        return float(r[-1])
+    for j in range(k.size - 1, 0, -1):
+        lo, hi = k[j - 1], k[j]
+        if min(lo, hi) <= target <= max(lo, hi):
+            if hi == lo:  # a flat segment at the target: its later checkpoint
+                return float(r[j])
+            frac = (target - lo) / (hi - lo)
+            return float(r[j - 1] + frac * (r[j] - r[j - 1]))
+    return float("nan")
+
+
+def final_kl_target(paths: Sequence[Sequence[float]]) -> float:
+    """The matched KL of a comparison: the smallest *final* KL of the paths compared.
+
+    Every path reaches it (a path that starts at KL 0 and ends at or above it crosses it),
+    so no method is extrapolated; a method's largest KL along the way plays no part."""
+    if not paths:
+        raise ValueError("no KL path given")
+    return float(min(p[-1] for p in paths))

@@ -76,8 +76,10 @@ class SupportRepliesConfig:
     brevity_words: int = 30
     max_new_tokens: int = 40
     # Joint success, fixed in advance: every asked slot answered, at least one net polite
-    # phrase, fewer than 20 words.
-    success_thresholds: tuple[float, float, float] = (0.99, 0.49, 0.33)
+    # phrase, fewer than 20 words. Brevity's threshold is brief(20 words) itself, computed as
+    # the reward computes it, so that a reply of exactly 20 words is not above it (0.33
+    # admitted 20 words: 1 - 20/30 = 0.3333...).
+    success_thresholds: tuple[float, float, float] = (0.99, 0.49, 1.0 - 20 / 30)
     hv_reference: tuple[float, float, float] = (0.0, -1.0, 0.0)
 
     def to_dict(self) -> dict[str, object]:
