@@ -22,6 +22,9 @@ PARETOOPT_DEVICE_REPORT="$OUT" python3 -m pytest tests/test_cuda_quant.py -q -s 
 python3 -m pytest tests/test_hf_multi_objective.py -k cuda -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/hf_trainer_cuda.txt" | tail -10
 # One policy update of a GPT-2-small-shaped model per combiner: time and memory vs linear.
 python3 bench/gpu_step.py --out "$OUT" 2>&1 | tee "$OUT/gpu_step.txt" | tail -40
+# The whole trainer at the GPT-2-small shape in bf16, n = 2 and 4, per combiner, by phase; and
+# TRL's GRPOTrainer with and without the PAMA plug-in -> $OUT/gpu_trainer.json
+timeout 900 python3 bench/gpu_trainer.py --out "$OUT" 2>&1 | tee "$OUT/gpu_trainer.txt" | tail -30
 if [ "${DEVICE_BENCH:-1}" = 1 ] && python3 -c "import pytest_benchmark" 2>/dev/null; then
     timeout 300 python3 -m paretoopt.cli bench --quick --out "$OUT/bench" 2>&1 | tail -40
 fi
