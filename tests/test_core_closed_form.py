@@ -368,6 +368,7 @@ def small_blocks():
     with (
         mock.patch.object(functional, "_S_STAR_BLOCK_COLS", 7),
         mock.patch.object(functional, "_WEIGHTS_BLOCK_ELEMS", 40),
+        mock.patch.object(functional, "_S_STAR_WHOLE_BELOW", 0),  # the blocked path always
     ):
         yield
 
