@@ -89,17 +89,59 @@ def _check_shared(shared: Any, name: str) -> Tensor:
     return shared
 
 
-def _grads_wrt(losses: list[Tensor], target: Tensor, what: str) -> Tensor:
-    """n vector-Jacobian products that stop at ``target``: ``[n, *target.shape]``."""
-    grads = []
-    for i, loss in enumerate(losses):
-        (g,) = torch.autograd.grad(loss, target, retain_graph=True, allow_unused=True)
-        if g is None:
-            raise ValueError(f"loss of objective {i} does not depend on the {what}")
-        grads.append(g)
-    stacked = torch.stack(grads)
+def _grads_wrt(
+    losses: list[Tensor], target: Tensor, what: str, batched: list[bool] | None = None
+) -> Tensor:
+    """n vector-Jacobian products that stop at ``target``: ``[n, *target.shape]``.
+
+    With ``batched`` (a one-element flag the caller keeps), the n products are one batched
+    backward (``is_grads_batched``: the stacked losses against the rows of the identity), a
+    single walk of the graph; where vmap cannot run the graph the error is caught once, the
+    flag cleared, and the products computed one backward each from then on. A non-finite
+    batched result is recomputed one backward each, so that the error names the objective.
+    """
+    stacked = None
+    if batched is not None and batched[0] and len(losses) > 1:
+        try:
+            stacked = _batched_grads(losses, target)
+        except (RuntimeError, NotImplementedError):
+            batched[0] = False
+        # An infinite local derivative on one loss's path times another's zero cotangent is
+        # NaN in the batch; one backward per loss tells which gradient is really non-finite.
+        if stacked is not None and not bool(torch.isfinite(stacked.sum(dtype=torch.float64))):
+            stacked = None
+    if stacked is None:
+        grads = []
+        for i, loss in enumerate(losses):
+            (g,) = torch.autograd.grad(loss, target, retain_graph=True, allow_unused=True)
+            if g is None:
+                raise ValueError(f"loss of objective {i} does not depend on the {what}")
+            grads.append(g)
+        stacked = torch.stack(grads)
+    else:
+        # A loss that does not reach the target has a zero row: tell it from a zero gradient.
+        for i in (~stacked.reshape(len(losses), -1).any(1)).nonzero()[:, 0].tolist():
+            (g,) = torch.autograd.grad(losses[i], target, retain_graph=True, allow_unused=True)
+            if g is None:
+                raise ValueError(f"loss of objective {i} does not depend on the {what}")
     check_finite(stacked, f"gradient w.r.t. the {what}", objective_dim=0)
     return stacked
+
+
+def _batched_grads(losses: list[Tensor], target: Tensor) -> Tensor | None:
+    stacked_losses = torch.stack(losses)
+    eye = torch.eye(len(losses), dtype=stacked_losses.dtype, device=stacked_losses.device)
+    (g,) = torch.autograd.grad(
+        stacked_losses,
+        target,
+        grad_outputs=eye,
+        is_grads_batched=True,
+        retain_graph=True,
+        allow_unused=True,
+    )
+    if g is None:  # no loss reaches the target: the loop names the first
+        return None
+    return g
 
 
 class Combiner(ABC):
@@ -230,6 +272,8 @@ class PAMA(Combiner):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.granularity = granularity
+        # One batched backward for the n gradients, until vmap fails on a graph (see _grads_wrt).
+        self._batched = [True]
 
     def _hparams(self) -> dict[str, Any]:
         return {"granularity": self.granularity}
@@ -270,7 +314,7 @@ class PAMA(Combiner):
     def _combine(self, losses, *, shared, params, mask=None):  # type: ignore[override]
         z = _check_shared(shared, "PAMA")
         valid = self._valid(mask, z)
-        g = _grads_wrt(losses, z, "shared tensor")  # [n, *z.shape]
+        g = _grads_wrt(losses, z, "shared tensor", self._batched)  # [n, *z.shape]
         n = g.shape[0]
         if self.granularity == "token" or z.dim() == 0:
             s_star, w = pama_closed_form(g, dim=0)
@@ -381,6 +425,7 @@ class MGDA(Combiner):
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
+        self._batched = [True]
 
     @property
     def requires(self) -> str:  # type: ignore[override]
@@ -414,7 +459,7 @@ class MGDA(Combiner):
         """The ``[n, d]`` matrix of per-objective gradients this combiner works on."""
         if self.mode == "shared":
             z = _check_shared(shared, "MGDA(mode='shared')")
-            return _grads_wrt(losses, z, "shared tensor").reshape(len(losses), -1)
+            return _grads_wrt(losses, z, "shared tensor", self._batched).reshape(len(losses), -1)
         if params is None:
             raise TypeError("MGDA(mode='params') needs params=<iterable of shared parameters>")
         plist = [p for p in params]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
+import paretoopt.functional as functional
 from paretoopt import noon_clip, pama_advantages, pama_closed_form, pama_stats
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -295,3 +298,140 @@ def test_pama_stats_describe_the_granularity_trained_on(granularity: str) -> Non
     assert stats == pama_stats(adv, mask, weights=weights)
     if granularity != "token":  # coarser weights reinforce more than the per-token minimum
         assert stats["mean_s_star"] > pama_stats(adv, mask)["mean_s_star"]
+
+
+# ---------------------------------------------------------------------------
+# The blocked one-pass closed form against the formulas it replaces, to the bit
+# ---------------------------------------------------------------------------
+
+
+def reference_closed_form(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s* and the weights over dim 0 as whole-tensor formulas: amin/amax and three tie masks."""
+    wd = torch.float64 if a.dtype == torch.float64 else torch.float32
+    mn, mx = a.amin(0), a.amax(0)
+    s_star = mn.clamp_min(0).add_(mx.clamp_max(0))
+    mnf, mxf = mn.to(wd), mx.to(wd)
+    is_min, is_max, is_zero = (a == mn).to(wd), (a == mx).to(wd), (a == 0).to(wd)
+    n_min, n_max, n_zero = is_min.sum(0), is_max.sum(0), is_zero.sum(0)
+    all_pos, all_neg, has_zero = mn > 0, mx < 0, n_zero > 0
+    lam = (-mnf / (mxf - mnf).clamp_min(torch.finfo(wd).tiny)).clamp(0, 1)
+    mixed = ~(all_pos | all_neg | has_zero)
+    share_min = torch.where(all_pos, 1.0, torch.where(mixed, 1 - lam, 0.0)).to(wd)
+    share_max = torch.where(all_neg, 1.0, torch.where(mixed, lam, 0.0)).to(wd)
+    share_zero = (has_zero & ~all_pos & ~all_neg).to(wd)
+    weights = is_min * (share_min / n_min)
+    weights += is_max * (share_max / n_max)
+    weights += is_zero * (share_zero / n_zero.clamp_min(1))
+    return s_star, weights
+
+
+_INT_OF = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def assert_same_bits(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Bit-identical, except that +0.0 and -0.0 count as one value: ``amin`` itself returns
+    either zero of a tie between them, depending on the element's place in its vector loop."""
+    assert x.dtype == y.dtype and x.shape == y.shape
+    x = torch.where(x == 0, torch.zeros_like(x), x)
+    y = torch.where(y == 0, torch.zeros_like(y), y)
+    assert torch.equal(x.view(_INT_OF[x.dtype]), y.view(_INT_OF[y.dtype]))
+
+
+# Values that make ties, zeros of both signs, all-positive and all-negative columns common.
+tie_values = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 1e-300, -1e300, 3e38, -3e38])
+
+
+@st.composite
+def objective_matrices(draw):
+    n = draw(st.integers(1, 70))
+    size = draw(st.integers(1, 300))
+    dtype = draw(st.sampled_from(list(_INT_OF)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, size, generator=gen, dtype=torch.float64) * 10 ** draw(st.integers(-3, 3))
+    specials = torch.tensor(draw(st.lists(tie_values, min_size=1, max_size=6)), dtype=torch.float64)
+    where = torch.rand(n, size, generator=gen) < draw(st.sampled_from([0.0, 0.3, 0.9]))
+    a[where] = specials[torch.randint(0, specials.numel(), (int(where.sum()),), generator=gen)]
+    a = a.to(dtype)
+    assume(bool(torch.isfinite(a).all()))  # 3e38 overflows the half types
+    return a
+
+
+@contextlib.contextmanager
+def small_blocks():
+    # Blocks of a few columns, so that the examples span many blocks and a ragged last one.
+    with (
+        mock.patch.object(functional, "_S_STAR_BLOCK_COLS", 7),
+        mock.patch.object(functional, "_WEIGHTS_BLOCK_ELEMS", 40),
+        mock.patch.object(functional, "_S_STAR_WHOLE_BELOW", 0),  # the blocked path always
+    ):
+        yield
+
+
+@settings(max_examples=200, deadline=None)
+@given(objective_matrices())
+def test_blocked_closed_form_is_the_formula_to_the_bit(a: torch.Tensor) -> None:
+    s_ref, w_ref = reference_closed_form(a)
+    with small_blocks():
+        s_star, weights = pama_closed_form(a)
+        blocked = [
+            (
+                pama_advantages(a.unsqueeze(-1), noon=noon),
+                pama_advantages(a.unsqueeze(-1), noon=noon, return_weights=True),
+            )
+            for noon in (False, True)
+        ]
+    assert_same_bits(s_star, s_ref)
+    assert_same_bits(weights, w_ref)
+    for noon, (s_only, (s_w, w)) in zip((False, True), blocked, strict=True):
+        clipped = a.clamp_min(0) if noon else a
+        s_clip, w_clip = reference_closed_form(clipped)
+        expected = a.amin(0).clamp_min(0) if noon else s_clip
+        assert_same_bits(s_only, expected.unsqueeze(-1))
+        assert_same_bits(s_w, s_clip.unsqueeze(-1))
+        assert_same_bits(w, w_clip.unsqueeze(-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(objective_matrices(), st.integers(0, 2))
+def test_blocked_closed_form_any_layout(a: torch.Tensor, dim: int) -> None:
+    # Objectives along any dimension of a 3-d tensor (rows that are not contiguous).
+    n, size = a.shape
+    x = a.reshape(n, size, 1).expand(n, size, 2).movedim(0, dim)
+    with small_blocks():
+        s_star, weights = pama_closed_form(x, dim=dim)
+    s_ref, w_ref = reference_closed_form(a)
+    assert_same_bits(s_star, s_ref.unsqueeze(-1).expand(size, 2))
+    assert_same_bits(weights.movedim(dim, 0), w_ref.unsqueeze(-1).expand(n, size, 2))
+
+
+@pytest.mark.parametrize("noon", [False, True])
+@pytest.mark.parametrize("return_weights", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_in_any_block_names_the_objective(
+    noon: bool, return_weights: bool, bad: float
+) -> None:
+    with small_blocks():
+        _check_non_finite_blocks(noon, return_weights, bad)
+
+
+def _check_non_finite_blocks(noon: bool, return_weights: bool, bad: float) -> None:
+    for col in (0, 13, 29):  # first, a middle and the last (ragged) block
+        adv = torch.randn(3, 30, dtype=torch.float64)
+        adv[1, col] = bad
+        if noon and return_weights and bad < 0:
+            # The weights are those of the clipped advantages, where -inf is 0 (as ever).
+            s_star, weights = pama_advantages(adv, noon=True, return_weights=True)
+            s_ref, w_ref = reference_closed_form(adv.clamp_min(0))
+            assert_same_bits(s_star, s_ref)
+            assert_same_bits(weights, w_ref)
+        else:
+            with pytest.raises(ValueError, match="advantages for objective 1 contains non-fini"):
+                pama_advantages(adv, noon=noon, return_weights=return_weights)
+        with pytest.raises(ValueError, match="coefs for objective 1 contains non-finite"):
+            pama_closed_form(adv)

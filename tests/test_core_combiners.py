@@ -14,11 +14,13 @@ from paretoopt import (
     gram_matrix,
     make_combiner,
     min_norm_weights,
+    pama_closed_form,
     pama_ppo_loss,
     ppo_losses,
     ppo_losses_from_ratio,
     ratio,
 )
+from paretoopt.combiners import _grads_wrt
 
 VOCAB, HIDDEN = 11, 8
 
@@ -438,3 +440,67 @@ def test_mgda_l2_on_two_objectives_is_the_uniform_average(seed: int, s1: float, 
     losses = [s1 * ((w - t[0]) ** 2).sum(), s2 * ((w - t[1]) ** 3).abs().sum()]
     res = MGDA(normalization="l2")(losses, params=[w])
     torch.testing.assert_close(res.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+class _NoVmapSquare(torch.autograd.Function):
+    """x**2 whose backward reads a Python number from the gradient: vmap cannot batch it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        scale = float(grad.reshape(-1)[0]) if grad.numel() else 0.0
+        return 2 * x * grad * (1.0 if scale == scale else 0.0)
+
+
+def _shared_losses(seed: int, n: int, no_vmap: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    z = torch.tanh(x @ w)
+    h = _NoVmapSquare.apply(z) if no_vmap else z * z
+    heads = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    losses = [(torch.sin(h) * heads[i]).sum() + (z[0, i % 5] ** 3) for i in range(n)]
+    return losses, z
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 12))
+def test_batched_gradients_equal_one_backward_each(seed: int, n: int) -> None:
+    losses, z = _shared_losses(seed, n)
+    batched = _grads_wrt(losses, z, "shared tensor", [True])
+    looped = _grads_wrt(losses, z, "shared tensor", None)
+    torch.testing.assert_close(batched, looped, rtol=0, atol=1e-12)
+    pama_b, pama_l = PAMA(), PAMA()
+    pama_l._batched[0] = False
+    rb, rl = pama_b(losses, shared=z), pama_l(losses, shared=z)
+    torch.testing.assert_close(rb.element_weights, rl.element_weights, rtol=0, atol=1e-12)
+    torch.testing.assert_close(rb.weights, rl.weights, rtol=0, atol=1e-12)
+
+
+def test_batched_gradients_fall_back_once_where_vmap_fails() -> None:
+    losses, z = _shared_losses(0, 3, no_vmap=True)
+    expected = _grads_wrt(losses, z, "shared tensor", None)
+    pama = PAMA()
+    result = pama(losses, shared=z)
+    assert pama._batched == [False]  # remembered: the next call goes straight to the loop
+    torch.testing.assert_close(result.element_weights, pama_closed_form(expected)[1])
+    torch.testing.assert_close(pama(losses, shared=z).element_weights, result.element_weights)
+
+
+def test_batched_gradients_keep_the_named_errors() -> None:
+    losses, z = _shared_losses(1, 3)
+    other = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="objective 1 does not depend on the shared tensor"):
+        _grads_wrt([losses[0], other.sum(), losses[2]], z, "shared tensor", [True])
+    # A loss that reaches z with a zero gradient is accepted (its row is zero).
+    zero = (z * 0).sum()
+    g = _grads_wrt([losses[0], zero], z, "shared tensor", [True])
+    assert not bool(g[1].any())
+    bad = losses[2] + (z[0, 0] * torch.tensor(float("nan"), dtype=torch.float64)).detach() * z[0, 0]
+    with pytest.raises(ValueError, match="shared tensor for objective 2 contains non-finite"):
+        _grads_wrt([losses[0], losses[1], bad], z, "shared tensor", [True])
