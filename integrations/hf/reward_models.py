@@ -303,8 +303,8 @@ class RewardModel:
         contents = []
         for prompt, response in zip(tokens.prompt_ids, tokens.response_ids, strict=True):
             n = len(prompt)
-            starts = prompt[: len(p_head)] == p_head
-            ends = prompt[n - len(p_tail) :] == p_tail if p_tail else True
+            starts = not p_head or prompt[: len(p_head)] == p_head
+            ends = not p_tail or prompt[n - len(p_tail) :] == p_tail
             if not (starts and ends and n >= len(p_head) + len(p_tail)):
                 if self.token_inputs:
                     raise ValueError(
@@ -313,7 +313,10 @@ class RewardModel:
                     )
                 return None
             kept = prompt[len(p_head) : n - len(p_tail)]
-            contents.append(kept + [t for t in response if t not in special])
+            if special.isdisjoint(response):
+                contents.append(kept + response)
+            else:
+                contents.append(kept + [t for t in response if t not in special])
         if not self.token_inputs:
             if prompt_texts is not None and len(prompt_texts) != len(prompts):
                 raise ValueError(f"{len(prompt_texts)} prompt texts for {len(prompts)} prompts")
@@ -365,13 +368,17 @@ class RewardModel:
         for lo in range(0, len(rows), self.batch_size):
             chunk = rows[lo : lo + self.batch_size]
             width = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(chunk), width), dtype=torch.long)
-            for b, row in enumerate(chunk):
-                span = slice(width - len(row), width) if left else slice(0, len(row))
-                ids[b, span] = torch.tensor(row, dtype=torch.long)
-                attn[b, span] = 1
-            out.append({"input_ids": ids, "attention_mask": attn})
+            ids, attn = [], []
+            for row in chunk:
+                fill = width - len(row)
+                ids.append([pad] * fill + row if left else row + [pad] * fill)
+                attn.append([0] * fill + [1] * len(row) if left else [1] * len(row) + [0] * fill)
+            out.append(
+                {
+                    "input_ids": torch.tensor(ids, dtype=torch.long),
+                    "attention_mask": torch.tensor(attn, dtype=torch.long),
+                }
+            )
         return out
 
     @torch.no_grad()
