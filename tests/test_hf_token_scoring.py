@@ -246,3 +246,13 @@ def test_conversations_keep_the_text_path(tmp_path: Path, tmp_path_factory) -> N
     rm = head.reward_model
     assert same_tokenizer(rm.tokenizer, trainer.tokenizer)
     assert rm.forward_batches == 1 and rm.token_batches == 0
+
+
+def test_only_reward_models_get_the_ids() -> None:
+    from paretoopt.integrations.hf.reward_models import accepts_tokens, bind_prompt_texts
+
+    def mine(prompts, responses, tokens=None):  # a parameter of its own that happens to match
+        return [float(tokens is None)] * len(responses)
+
+    assert not accepts_tokens(mine)
+    assert bind_prompt_texts(mine, ["p"], tokens=object())(["p"], ["r"]) == [1.0]

@@ -543,10 +543,13 @@ def accepts_prompt_texts(fn: Any) -> bool:
 
 
 def accepts_tokens(fn: Any) -> bool:
-    """Whether a reward function names a ``tokens`` parameter (the rollout's ids,
-    :class:`~.rollout.ExchangeTokens`); ``**kwargs`` alone does not count."""
+    """Whether a reward function gets the rollout's ids (:class:`~.rollout.ExchangeTokens`): a
+    :class:`RewardHead` whose call names a ``tokens`` parameter. Other callables never do (a
+    user's function may have a ``tokens`` parameter of its own)."""
     import inspect
 
+    if not isinstance(fn, RewardHead):
+        return False
     try:
         return "tokens" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
