@@ -114,8 +114,14 @@ def test_report_only_from_existing_json(tmp_path: Path) -> None:
     }
     path = tmp_path / "b.json"
     path.write_text(json.dumps(data))
-    assert bench_cli.main(["--from-json", str(path), "--out", str(tmp_path)]) == 0
+    # A page being regenerated keeps its hand-written sections (from KEPT_HEADING on), once.
+    old_page = f"# Old\n\n## 2. stale table\n\n{report.KEPT_HEADING}\n\nhand-measured table\n"
+    (tmp_path / "benchmarks.md").write_text(old_page)
+    for _ in range(2):
+        assert bench_cli.main(["--from-json", str(path), "--out", str(tmp_path)]) == 0
     page = (tmp_path / "benchmarks.md").read_text()
+    assert "stale table" not in page and page.count(report.KEPT_HEADING) == 1
+    assert page.endswith(f"\n{report.KEPT_HEADING}\n\nhand-measured table\n")
     assert "test cpu" in page
     assert "Load: not recorded" in page
     # n = 8: exact takes 1.6x torchjd's time, and the page must say so.

@@ -14,10 +14,18 @@ What the reward model reads: for a conversation prompt, the whole exchange (the 
 the response as the assistant's message) through the reward model's own chat template when
 its tokenizer has one; otherwise ``prompt_text + separator + response``, where
 ``prompt_text`` is the text the policy saw (the prompt rendered with the policy's template).
+
+Token ids instead of text: when the reward model's tokenizer is the policy's (the same object,
+or an identical one: :func:`same_tokenizer`) and the prompts are strings, the trainer passes the
+rollout's ids (:class:`~.rollout.ExchangeTokens`) and the reward model builds its input from
+them (:meth:`RewardModel.token_rows`) instead of decoding and re-tokenising: the same ids, the
+same truncation and padding as the text path would give, and the same scores. A batch whose
+ids do not decode to exactly the text the text path would score goes through the text path.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import weakref
@@ -28,14 +36,18 @@ from typing import Any
 import torch
 
 from .data import is_conversation, with_response
+from .rollout import ExchangeTokens
 
 __all__ = [
     "RewardHead",
     "RewardModel",
     "accepts_prompt_texts",
+    "accepts_tokens",
+    "added_special_ids",
     "bind_prompt_texts",
     "parse_reward_model_spec",
     "parse_reward_specs",
+    "same_tokenizer",
     "shared_reward_model",
     "unique_reward_names",
 ]
@@ -71,6 +83,12 @@ class RewardModel:
         dtype, device: of the loaded weights.
         use_chat_template: score conversations through this model's chat template when its
             tokenizer has one.
+        token_inputs: read the policy's token ids instead of re-tokenising the decoded text
+            (:meth:`token_rows`). ``None`` (default): when this model's tokenizer is the
+            policy's, the prompts are strings and every row's ids decode to exactly the text the
+            text path would score; otherwise text. ``False``: always text. ``True``: ids
+            whenever the tokenizer is shared, without the decoded-text check (a mismatch in the
+            tokenizer or conversation prompts raise ``ValueError``).
     """
 
     def __init__(
@@ -84,6 +102,7 @@ class RewardModel:
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         use_chat_template: bool = True,
+        token_inputs: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -94,11 +113,17 @@ class RewardModel:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
         self.use_chat_template = use_chat_template
+        self.token_inputs = token_inputs
         self._tokenizer = tokenizer
         self._weights: _LoadedWeights | None = None
         self._last: tuple[tuple[str, ...], torch.Tensor] | None = None
         self.forward_batches = 0
         """Number of scored batches (one per distinct input batch, whatever the heads)."""
+        self.token_batches = 0
+        """How many of them were read from token ids (:meth:`token_rows`)."""
+        # (policy tokenizer, same_tokenizer(ours, it), added_special_ids(ours)), for the last
+        # policy tokenizer seen.
+        self._shared: tuple[Any, bool, tuple[list[int], list[int]] | None] | None = None
 
     def __repr__(self) -> str:
         return f"RewardModel({self.name_or_path!r})"
@@ -220,40 +245,172 @@ class RewardModel:
         # A rendered chat template already holds the model's special tokens (BOS, ...).
         return out, bool(template) and all(chat)
 
-    @torch.no_grad()
-    def logits(
-        self,
-        prompts: Sequence[Any],
-        responses: Sequence[str],
-        prompt_texts: Sequence[str] | None = None,
-    ) -> torch.Tensor:
-        """All outputs ``[B, num_labels]`` (float32, CPU); the last batch is remembered, so
-        every head asking about the same batch shares one forward pass."""
-        texts, templated = self.texts(prompts, responses, prompt_texts)
-        key = (str(templated), *texts)
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        model, tokenizer = self.model, self.tokenizer
-        device = next(model.parameters()).device
-        rows = []
+    def encode_texts(self, texts: Sequence[str], templated: bool) -> list[dict[str, torch.Tensor]]:
+        """The text path's inputs: ``texts`` tokenized in batches of ``batch_size``, cut from
+        the left to ``max_length``, padded to the longest of each batch."""
+        tokenizer = self.tokenizer
+        out = []
         side = tokenizer.truncation_side
         # Truncate from the left: the end of the exchange is what is being judged.
         tokenizer.truncation_side = "left"
         try:
             for lo in range(0, len(texts), self.batch_size):
                 enc = tokenizer(
-                    texts[lo : lo + self.batch_size],
+                    list(texts[lo : lo + self.batch_size]),
                     padding=True,
                     truncation=self.max_length is not None,
                     max_length=self.max_length,
                     add_special_tokens=not templated,
                     return_tensors="pt",
                 )
-                rows.append(model(**enc.to(device)).logits.float().cpu())
+                out.append(dict(enc))
         finally:
             tokenizer.truncation_side = side
-        logits = torch.cat(rows, dim=0) if rows else torch.zeros(0, self.num_labels)
+        return out
+
+    def token_rows(
+        self,
+        prompts: Sequence[Any],
+        responses: Sequence[str],
+        prompt_texts: Sequence[str] | None,
+        tokens: ExchangeTokens | None,
+    ) -> list[list[int]] | None:
+        """This model's input ids, one row per exchange, built from the policy's ids; None
+        where the text path must be taken (see ``token_inputs``).
+
+        Row = the special tokens this tokenizer adds (:func:`added_special_ids`) around
+        ``prompt content + response content``, where the prompt content is the policy's prompt
+        ids less the special tokens the tokenizer added, the response content the response ids
+        less special tokens (the final EOS; as ``skip_special_tokens`` decoding drops them), cut
+        from the left to ``max_length`` as the tokenizer's left truncation cuts. With
+        ``token_inputs=None`` every row must decode to the text the text path would score
+        (:meth:`join` of the prompt text and the response), or the whole batch goes through text.
+        """
+        if self.token_inputs is False or tokens is None:
+            return None
+        refusal = self._token_refusal(prompts, responses, tokens)
+        if refusal is not None:
+            if self.token_inputs:
+                raise ValueError(
+                    f"reward model {self.name_or_path!r} has token_inputs=True but {refusal}"
+                )
+            return None
+        tokenizer = self.tokenizer
+        assert self._shared is not None and self._shared[2] is not None  # by _token_refusal
+        # The tokenizers are the same: the policy's prompts carry the ids this one adds.
+        head, tail = p_head, p_tail = self._shared[2]
+        special = set(tokens.tokenizer.all_special_ids)
+        contents = []
+        for prompt, response in zip(tokens.prompt_ids, tokens.response_ids, strict=True):
+            n = len(prompt)
+            starts = not p_head or prompt[: len(p_head)] == p_head
+            ends = not p_tail or prompt[n - len(p_tail) :] == p_tail
+            if not (starts and ends and n >= len(p_head) + len(p_tail)):
+                if self.token_inputs:
+                    raise ValueError(
+                        f"reward model {self.name_or_path!r} has token_inputs=True but a prompt "
+                        "lacks the special tokens its tokenizer adds"
+                    )
+                return None
+            kept = prompt[len(p_head) : n - len(p_tail)]
+            if special.isdisjoint(response):
+                contents.append(kept + response)
+            else:
+                contents.append(kept + [t for t in response if t not in special])
+        if not self.token_inputs:
+            if prompt_texts is not None and len(prompt_texts) != len(prompts):
+                raise ValueError(f"{len(prompt_texts)} prompt texts for {len(prompts)} prompts")
+            texts = prompt_texts if prompt_texts is not None else prompts
+            wanted = [self.join(p, r) for p, r in zip(texts, responses, strict=True)]
+            decoded = tokenizer.batch_decode(contents, skip_special_tokens=False)
+            if decoded != wanted:
+                return None
+        room = None if self.max_length is None else self.max_length - len(head) - len(tail)
+        return [
+            head + (c if room is None or len(c) <= room else c[len(c) - room :]) + tail
+            for c in contents
+        ]
+
+    def _token_refusal(
+        self, prompts: Sequence[Any], responses: Sequence[str], tokens: ExchangeTokens
+    ) -> str | None:
+        """Why the policy's ids cannot be this model's input (None: they can)."""
+        if len(tokens.prompt_ids) != len(prompts) or len(tokens.response_ids) != len(responses):
+            raise ValueError(
+                f"{len(tokens.prompt_ids)} prompt and {len(tokens.response_ids)} response id "
+                f"rows for {len(prompts)} prompts and {len(responses)} responses"
+            )
+        if self._shared is None or self._shared[0] is not tokens.tokenizer:
+            shared = same_tokenizer(self.tokenizer, tokens.tokenizer)
+            added = added_special_ids(self.tokenizer) if shared else None
+            self._shared = (tokens.tokenizer, shared, added)
+        if not self._shared[1]:
+            return "its tokenizer is not the policy's"
+        if not tokens.add_special_tokens or not all(isinstance(p, str) for p in prompts):
+            return "the prompts are conversations (scored through text)"
+        if set(self.tokenizer.model_input_names) - {"input_ids", "attention_mask"}:
+            return f"its tokenizer also returns {self.tokenizer.model_input_names}"
+        added = self._shared[2]
+        if added is None:
+            return "the special tokens its tokenizer adds cannot be located"
+        if self.max_length is not None and self.max_length <= len(added[0]) + len(added[1]):
+            return f"max_length={self.max_length} leaves no room between its special tokens"
+        return None
+
+    def pad_rows(self, rows: Sequence[list[int]]) -> list[dict[str, torch.Tensor]]:
+        """``rows`` in batches of ``batch_size``, padded to the longest of each batch on the
+        tokenizer's padding side, with its pad id: the tensors the text path's tokenizer call
+        gives for the same ids."""
+        tokenizer = self.tokenizer
+        pad = tokenizer.pad_token_id
+        left = tokenizer.padding_side == "left"
+        out = []
+        for lo in range(0, len(rows), self.batch_size):
+            chunk = rows[lo : lo + self.batch_size]
+            width = max(len(r) for r in chunk)
+            ids, attn = [], []
+            for row in chunk:
+                fill = width - len(row)
+                ids.append([pad] * fill + row if left else row + [pad] * fill)
+                attn.append([0] * fill + [1] * len(row) if left else [1] * len(row) + [0] * fill)
+            out.append(
+                {
+                    "input_ids": torch.tensor(ids, dtype=torch.long),
+                    "attention_mask": torch.tensor(attn, dtype=torch.long),
+                }
+            )
+        return out
+
+    @torch.no_grad()
+    def logits(
+        self,
+        prompts: Sequence[Any],
+        responses: Sequence[str],
+        prompt_texts: Sequence[str] | None = None,
+        tokens: ExchangeTokens | None = None,
+    ) -> torch.Tensor:
+        """All outputs ``[B, num_labels]`` (float32, CPU); the last batch is remembered, so
+        every head asking about the same batch shares one forward pass. ``tokens``: the
+        policy's ids of the same exchanges, read instead of the text where they can be
+        (:meth:`token_rows`)."""
+        rows = self.token_rows(prompts, responses, prompt_texts, tokens)
+        if rows is not None:
+            key: tuple[Any, ...] = ("tokens", *map(tuple, rows))
+        else:
+            texts, templated = self.texts(prompts, responses, prompt_texts)
+            key = (str(templated), *texts)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        model = self.model
+        device = next(model.parameters()).device
+        batches = self.pad_rows(rows) if rows is not None else self.encode_texts(texts, templated)
+        out = [
+            model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu()
+            for enc in batches
+        ]
+        logits = torch.cat(out, dim=0) if out else torch.zeros(0, self.num_labels)
         self.forward_batches += 1
+        self.token_batches += rows is not None
         self._last = (key, logits)
         return logits
 
@@ -270,8 +427,9 @@ class RewardModel:
 class RewardHead:
     """A reward function reading one output (``label_index``) of a :class:`RewardModel`.
 
-    Called as ``head(prompts, responses, prompt_texts=None) -> list[float]``; the trainer
-    passes ``prompt_texts``, the prompts as the policy saw them.
+    Called as ``head(prompts, responses, prompt_texts=None, tokens=None) -> list[float]``; the
+    trainer passes ``prompt_texts``, the prompts as the policy saw them, and ``tokens``, the
+    rollout's ids (:class:`~.rollout.ExchangeTokens`), read when the tokenizer is shared.
     """
 
     def __init__(self, model: RewardModel, label_index: int = 0, *, name: str | None = None):
@@ -303,9 +461,11 @@ class RewardHead:
         prompts: Sequence[Any],
         responses: Sequence[str],
         prompt_texts: Sequence[str] | None = None,
+        tokens: ExchangeTokens | None = None,
     ) -> list[float]:
         column = self.reward_model.check_label(self.label_index)
-        return self.reward_model.logits(prompts, responses, prompt_texts)[:, column].tolist()
+        logits = self.reward_model.logits(prompts, responses, prompt_texts, tokens)
+        return logits[:, column].tolist()
 
 
 def shared_reward_model(name_or_path: str | Path, **options: Any) -> RewardModel:
@@ -382,16 +542,81 @@ def accepts_prompt_texts(fn: Any) -> bool:
     )
 
 
-def bind_prompt_texts(fn: Any, prompt_texts: Sequence[str]) -> Any:
+def accepts_tokens(fn: Any) -> bool:
+    """Whether a reward function gets the rollout's ids (:class:`~.rollout.ExchangeTokens`): a
+    :class:`RewardHead` whose call names a ``tokens`` parameter. Other callables never do (a
+    user's function may have a ``tokens`` parameter of its own)."""
+    import inspect
+
+    if not isinstance(fn, RewardHead):
+        return False
+    try:
+        return "tokens" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def bind_prompt_texts(
+    fn: Any, prompt_texts: Sequence[str], tokens: ExchangeTokens | None = None
+) -> Any:
     """``fn`` as a two-argument reward function that also receives ``prompt_texts`` (the
-    prompts as the policy saw them) when it takes that keyword; ``fn`` itself otherwise."""
-    if not accepts_prompt_texts(fn):
+    prompts as the policy saw them) when it takes that keyword, and ``tokens`` (the same
+    exchanges' ids) when given and it names that parameter; ``fn`` itself otherwise."""
+    kwargs: dict[str, Any] = {}
+    if accepts_prompt_texts(fn):
+        kwargs["prompt_texts"] = list(prompt_texts)
+    if tokens is not None and accepts_tokens(fn):
+        kwargs["tokens"] = tokens
+    if not kwargs:
         return fn
 
     def bound(prompts: Sequence[Any], responses: Sequence[str]) -> Any:
-        return fn(prompts, responses, prompt_texts=list(prompt_texts))
+        return fn(prompts, responses, **kwargs)
 
     return bound
+
+
+_PROBE = "hello"
+
+
+def added_special_ids(tokenizer: Any) -> tuple[list[int], list[int]] | None:
+    """The ids ``tokenizer`` adds before and after a text (``add_special_tokens=True``), e.g.
+    ``([bos], [])``; None when they cannot be told apart from the text's own ids."""
+    plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(_PROBE, add_special_tokens=True)["input_ids"]
+    if not plain:
+        return None
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain]
+    if len(starts) != 1:
+        return None
+    return full[: starts[0]], full[starts[0] + len(plain) :]
+
+
+_TOKENIZER_ATTRIBUTES = ("all_special_ids", "clean_up_tokenization_spaces", "model_input_names")
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers map text to ids and ids to text identically: the same object, or
+    fast tokenizers of one class whose backends serialise identically (vocabulary, merges,
+    added and special tokens, normaliser, pre-tokeniser, post-processor, decoder; the padding
+    and truncation state aside) with the same special ids, clean-up and model inputs.
+    Anything else (a slow tokenizer, a different vocabulary) is not the same."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    backends = [getattr(t, "backend_tokenizer", None) for t in (a, b)]
+    if any(backend is None for backend in backends):
+        return False
+    states = []
+    for backend in backends:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)
+        state.pop("truncation", None)
+        states.append(state)
+    if states[0] != states[1]:
+        return False
+    return all(getattr(a, k, None) == getattr(b, k, None) for k in _TOKENIZER_ATTRIBUTES)
 
 
 _MULTI_LABELS = re.compile(r".*:-?\d+(,-?\d+)+")

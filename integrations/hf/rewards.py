@@ -101,6 +101,10 @@ class RewardModelFunction(RewardHead):
             ``""`` for plain concatenation or ``"\n"``.
         max_length: longer texts lose their beginning (the response, at the end, is what is
             judged; a decoder reward model reads its last token).
+        token_inputs: read the rollout's token ids instead of re-tokenising the decoded text
+            when this model's tokenizer is the policy's (``None``, the default: when it is and
+            the ids decode to the text that would be scored; ``False``: never; ``True``:
+            whenever the tokenizer is shared); see :class:`~.reward_models.RewardModel`.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class RewardModelFunction(RewardHead):
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         use_chat_template: bool = True,
+        token_inputs: bool | None = None,
     ) -> None:
         from .models import check_model_source
 
@@ -128,6 +133,7 @@ class RewardModelFunction(RewardHead):
             separator=separator,
             dtype=dtype,
             use_chat_template=use_chat_template,
+            token_inputs=token_inputs,
         )
         if device is not None:
             model.to(device)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "ExchangeTokens",
     "Rollout",
     "generate_rollout",
     "prompts_as_seen",
@@ -42,6 +43,42 @@ class Rollout:
     @property
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.response_start :]
+
+    def exchange_tokens(self, tokenizer: Any) -> ExchangeTokens:
+        """The prompt and response ids of each row, padding removed (``tokenizer`` made them).
+
+        Conversations were tokenized without adding special tokens (their rendering holds
+        them); string prompts with them.
+        """
+        start = self.response_start
+        ids = self.input_ids.tolist()
+        keep = self.attention_mask.tolist()
+        lengths = self.mask.sum(dim=1).tolist()
+        prompt_ids = [
+            [t for t, v in zip(row[:start], valid[:start], strict=True) if v]
+            for row, valid in zip(ids, keep, strict=True)
+        ]
+        response_ids = [row[start : start + n] for row, n in zip(ids, lengths, strict=True)]
+        return ExchangeTokens(
+            prompt_ids, response_ids, tokenizer, add_special_tokens=self.conversations is None
+        )
+
+
+@dataclass
+class ExchangeTokens:
+    """Token ids of a batch of exchanges, as the policy saw and produced them.
+
+    ``prompt_ids`` are each prompt's tokens without padding (the special tokens the tokenizer
+    added, e.g. a BOS, included when ``add_special_tokens``); ``response_ids`` each response's
+    tokens up to and including its first EOS. A reward model that shares ``tokenizer`` can
+    read these ids instead of re-tokenising the decoded text
+    (:meth:`.reward_models.RewardModel.token_rows`).
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    tokenizer: Any
+    add_special_tokens: bool = True
 
 
 def tokenize_prompts(

@@ -5,7 +5,8 @@ mathematics):
 
 1. :meth:`~MOPPOTrainer.sample_prompts` - this step's prompts, a function of (seed, step);
 2. :meth:`~MOPPOTrainer.rollout` - one sampled response per prompt (batched, KV cache);
-3. :meth:`~MOPPOTrainer.score` - n reward functions -> scores ``[n, B]``;
+3. :meth:`~MOPPOTrainer.score` - n reward functions -> scores ``[n, B]`` (a reward model
+   sharing the policy's tokenizer reads the rollout's ids, not re-tokenised text);
 4. :meth:`~MOPPOTrainer.forward_rollout` - log-probs of policy and reference, n values;
 5. :meth:`~MOPPOTrainer.kl_penalized_rewards` - per-token rewards with the KL penalty;
 6. :meth:`~MOPPOTrainer.per_objective_gae` - n advantages and returns (GAE);
@@ -61,7 +62,7 @@ from .models import (
 )
 from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
-from .reward_models import RewardHead, bind_prompt_texts, unique_reward_names
+from .reward_models import RewardHead, accepts_tokens, bind_prompt_texts, unique_reward_names
 from .rewards import parse_reward_spec, score_batch
 from .rollout import Rollout, generate_rollout, warn_processed_sampling
 from .state import load_training_state, save_checkpoint
@@ -277,8 +278,13 @@ class MOPPOTrainer:
 
     def score(self, rollout: Rollout, step: int | None = None) -> torch.Tensor:
         """Scores ``[n, B]`` on the device (see :func:`.rewards.score_batch`)."""
-        # Functions taking ``prompt_texts`` also get the text the policy saw.
-        fns = [bind_prompt_texts(fn, rollout.prompts) for fn in self.reward_fns]
+        # Functions taking ``prompt_texts`` also get the text the policy saw, those naming
+        # ``tokens`` (reward models) the rollout's ids: a reward model that shares the
+        # policy's tokenizer reads them instead of re-tokenising the decoded text.
+        tokens = None
+        if any(accepts_tokens(fn) for fn in self.reward_fns):
+            tokens = rollout.exchange_tokens(self.tokenizer)
+        fns = [bind_prompt_texts(fn, rollout.prompts, tokens) for fn in self.reward_fns]
         scores = score_batch(
             fns,
             self.reward_names,

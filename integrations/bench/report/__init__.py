@@ -120,8 +120,23 @@ def build_report(data: dict[str, Any], out_dir: Path, img_dirname: str = "img") 
         ]
     )
     path = out_dir / "benchmarks.md"
-    path.write_text(page.rstrip() + "\n")
+    kept = kept_sections(path)
+    path.write_text(page.rstrip() + "\n" + ("\n" + kept if kept else ""))
     return path
+
+
+KEPT_HEADING = "## The RLHF trainer's phases"
+"""Sections from this heading on are measured by other scripts (``bench/hf_ppo_phases.py``)
+and written by hand: a regenerated page keeps them as they are."""
+
+
+def kept_sections(path: Path) -> str:
+    """The hand-written tail of an existing page (from :data:`KEPT_HEADING`), or ``""``."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    at = text.find("\n" + KEPT_HEADING)
+    return text[at + 1 :] if at >= 0 else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
