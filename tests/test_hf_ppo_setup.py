@@ -331,3 +331,55 @@ def test_cli_flags_reach_the_config(tmp_path: Path) -> None:
     defaults = _config_from_args(build_parser().parse_args(base))
     assert defaults.noon is True and defaults.mgda_normalization == "l2"
     assert defaults.combiner_weights is None and defaults.value_warmup_steps == 0
+
+
+# ------------------------------------------------------------------------------- GDPO
+
+
+def _whiten_by_hand(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One objective's advantages, whitened over its valid tokens (sample std), the slow way."""
+    vals = [float(a[b, t]) for b in range(a.shape[0]) for t in range(a.shape[1]) if mask[b, t]]
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    return (a - mean) / (std + 1e-8) * mask
+
+
+def test_gdpo_whitens_each_objective_then_sums_with_the_weights(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    """GDPO's advantage: each objective's GAE advantages whitened on their own over the
+    batch's valid tokens, then sum_i w_i; signed (no Noon), one standard PPO surrogate."""
+    cfg = config(tmp_path, combiner="gdpo", combiner_weights=[0.3, 0.7], kl_coef=0.2)
+    trainer = trainer_for(tiny_lm, cfg)
+    rollout = trainer.rollout(trainer.sample_prompts(1))
+    scores = trainer.score(rollout, 1)
+    fwd = trainer.forward_rollout(rollout)
+    batch = trainer.compute_advantages(rollout, scores)
+    rewards, _ = kl_penalized_rewards(
+        scores, fwd["logprobs"], fwd["ref_logprobs"], rollout.mask, 0.2
+    )
+    raw, _ = gae(rewards, fwd["values"], rollout.mask, cfg.gamma, cfg.gae_lambda)
+    mask = rollout.mask.to(raw.dtype)
+    expected = 0.3 * _whiten_by_hand(raw[0], mask) + 0.7 * _whiten_by_hand(raw[1], mask)
+    assert batch.scalar_advantages is not None
+    torch.testing.assert_close(batch.scalar_advantages, expected, rtol=1e-5, atol=1e-6)
+    assert bool((batch.scalar_advantages < 0).any())  # signed: no Noon clipping
+    # Not MORLHF: whitening each objective first changes the advantage whenever the two
+    # objectives' scales or means differ.
+    morlhf = scalarize_advantages(raw, [0.3, 0.7], rollout.mask)
+    assert not torch.allclose(batch.scalar_advantages, morlhf, atol=1e-4)
+    # The update runs on it and moves the policy.
+    before = [p.detach().clone() for p in trainer.policy.parameters() if p.requires_grad]
+    trainer.update(batch, 1)
+    after = [p for p in trainer.policy.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_gdpo_is_a_weighted_combiner_without_noon() -> None:
+    from paretoopt.integrations.hf.models import build_combiner, uses_noon
+
+    cfg = MOPPOConfig(combiner="gdpo", combiner_weights=[1.0, 3.0])
+    assert uses_noon(cfg) is False
+    assert build_combiner(cfg, 1, 2).weights == (1.0, 3.0)
+    with pytest.raises(ValueError, match="3 weights but the trainer has 2 rewards"):
+        build_combiner(MOPPOConfig(combiner="gdpo", combiner_weights=[1, 1, 1]), 1, 2)

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
+from paretoopt.integrations.hf import MOPPOConfig
 from paretoopt.integrations.study import protocol
 from paretoopt.integrations.study.cli import main
 
@@ -29,16 +30,19 @@ def test_tiny_study_writes_the_promised_results(tiny_study) -> None:
     for name, n_obj, n_front in (("sentiment_length", 2, 3), ("support_replies", 3, 3)):
         t = results["tasks"][name]
         assert len(t["objectives"]) == n_obj
-        assert {"pama", "morlhf", "mgda_ub"} <= set(t["methods"])
+        assert {"pama", "morlhf", "mgda_ub", "gdpo"} <= set(t["methods"])
         for entry in t["methods"].values():
             assert [p["seed"] for p in entry["per_seed"]] == [0, 1]
+            assert 0 <= entry["no_sacrifice_share"] <= 1
+            worst = entry["worst_change"]
+            assert worst["ci95"][0] <= worst["mean"] <= worst["ci95"][1]
             for o in t["objectives"]:
                 lo, hi = entry["ci95"][o]
                 assert lo <= entry["mean"][o] <= hi
             assert set(entry["checkpoints"]) == {"1", "2"}
         # One front point per weight; the uniform weight reuses morlhf's own runs.
         assert len(t["morlhf_front"]) == len(protocol.front_weights(n_obj, n_front))
-        for b in ("morlhf", "mgda_ub"):
+        for b in ("morlhf", "mgda_ub", "gdpo"):
             c = t["comparisons"][b]
             assert set(c["p_value"]) >= set(t["objectives"])
             assert 0 <= c["dominates_share"] + c["dominated_share"] <= 1
@@ -115,7 +119,8 @@ def test_tuning_is_on_task_1_whatever_task_is_listed_first(tmp_path, monkeypatch
 
 
 def test_method_definitions_differ_only_in_the_combiner() -> None:
-    for m in protocol.available_methods(protocol.CORE_METHODS):
+    labelled = [m for m in protocol.METHOD_LABELS if m != "sft"]
+    for m in protocol.available_methods(labelled):
         fields = protocol.method_fields(m, 2)
         assert set(fields) <= {
             "combiner",
@@ -123,7 +128,13 @@ def test_method_definitions_differ_only_in_the_combiner() -> None:
             "combiner_weights",
             "combiner_kwargs",
             "mgda_normalization",
+            "pama_granularity",
         }
+        MOPPOConfig(**fields)  # each a valid trainer set-up
+    assert protocol.method_fields("gdpo", 2) == {"combiner": "gdpo", "combiner_weights": [0.5, 0.5]}
+    assert protocol.method_fields("pama_batch_no_noon", 2) == {
+        "combiner": "pama", "noon": False, "pama_granularity": "batch"
+    }  # fmt: skip
     with pytest.raises(ValueError, match="unknown method"):
         protocol.method_fields("ppo", 2)
 

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--combiner",
-        choices=["pama", "morlhf", "linear_noon", "mgda_ub", "mgda", "linear"],
+        choices=["pama", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear"],
         help="how the objectives are combined (default pama); morlhf: PPO on the scalarised "
         "reward; linear_noon: sum of Noon PPO losses; linear: sum of PPO losses (--noon)",
     )

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-COMBINER_NAMES = ("pama", "morlhf", "linear_noon", "mgda_ub", "mgda", "linear")
-WEIGHTED_COMBINERS = ("morlhf", "linear_noon", "linear")
+COMBINER_NAMES = ("pama", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear")
+WEIGHTED_COMBINERS = ("morlhf", "gdpo", "linear_noon", "linear")
 """Combiners with fixed weights (``combiner_weights``; default uniform 1/n)."""
+SCALARISED_COMBINERS = ("morlhf", "gdpo")
+"""Combiners that scalarise the advantages into one standard PPO surrogate (never Noon)."""
 MGDA_NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
@@ -35,22 +37,27 @@ class MOPPOConfig:
 
     # -- combiner ---------------------------------------------------------
     combiner: str = "pama"
-    """"pama" | "morlhf" | "linear_noon" | "mgda_ub" | "mgda" | "linear"; or give the
+    """"pama" | "morlhf" | "gdpo" | "linear_noon" | "mgda_ub" | "mgda" | "linear"; or give the
     trainer a combiner instance, which takes precedence (docs/trainer.md, "PPO set-up").
 
     * "morlhf": PPO on the scalarised reward ``sum_i w_i r_i`` (Wu et al. 2023, Rame et
       al. 2023): one advantage ``A = sum_i w_i A'_i`` per token, standard PPO clipping, no Noon.
+    * "gdpo": each objective's GAE advantages whitened on their own over the batch (valid
+      tokens of every process), then ``A = sum_i w_i whiten(A'_i)``, standard PPO clipping,
+      no Noon: the decoupled normalisation of GDPO, TRL's
+      ``multi_objective_aggregation="normalize_then_sum"`` and verl's ``adv_estimator=gdpo``,
+      in PPO form (docs/trainer.md).
     * "linear_noon": ``sum_i w_i L_i`` of per-objective Noon PPO losses (Noon always).
     * "linear": ``sum_i w_i L_i`` of per-objective PPO losses, Noon per ``noon``.
     """
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)
     """Passed to ``paretoopt.make_combiner``, e.g. ``{"weights": [0.5, 0.5]}``."""
     combiner_weights: list[float] | None = None
-    """Fixed weights of "morlhf" / "linear_noon" / "linear", one per reward, checked against
-    the number of rewards when the trainer is built; None: uniform 1/n."""
+    """Fixed weights of "morlhf" / "gdpo" / "linear_noon" / "linear", one per reward, checked
+    against the number of rewards when the trainer is built; None: uniform 1/n."""
     noon: bool = True
     """Noon clipping ``A = max(A', 0)`` for PAMA and the per-objective-loss combiners
-    ("linear", "mgda_ub", "mgda"). "linear_noon" always clips, "morlhf" never. With
+    ("linear", "mgda_ub", "mgda"). "linear_noon" always clips, "morlhf" and "gdpo" never. With
     ``combiner="pama", noon=False`` PAMA uses the closed form on unclipped advantages
     (``s* = relu(min A) - relu(-max A)``) and the standard PPO surrogate."""
     mgda_normalization: Literal["none", "l2", "loss", "loss+"] = "l2"

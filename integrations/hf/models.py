@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import MOPPOConfig
+from .config import SCALARISED_COMBINERS, MOPPOConfig
 
 __all__ = [
     "DTYPES",
@@ -243,7 +243,7 @@ def is_pama(combiner: Any) -> bool:
 
 
 def combiner_weights(config: MOPPOConfig, n_objectives: int) -> list[float]:
-    """The fixed weights of "morlhf" / "linear_noon" / "linear", checked against n.
+    """The fixed weights of "morlhf" / "gdpo" / "linear_noon" / "linear", checked against n.
 
     ``config.combiner_weights``, else ``combiner_kwargs["weights"]``, else uniform 1/n.
     Called when the trainer is built, so a wrong count fails before any rollout.
@@ -268,7 +268,7 @@ def uses_noon(config: MOPPOConfig) -> bool:
     """Whether the per-objective advantages are Noon-clipped for ``config.combiner``."""
     if config.combiner == "linear_noon":
         return True
-    if config.combiner == "morlhf":
+    if config.combiner in SCALARISED_COMBINERS:
         return False
     return bool(config.noon)
 
@@ -278,14 +278,15 @@ def build_combiner(
 ) -> Any:
     """The combiner named by the config (MGDA variants all-reduce under data parallelism).
 
-    "morlhf", "linear_noon" and "linear" are all a :class:`paretoopt.LinearScalarization`
-    with the resolved weights; "morlhf" scalarises advantages, not losses, so the trainer
-    uses its weights only (:meth:`MOPPOTrainer.combine`).
+    "morlhf", "gdpo", "linear_noon" and "linear" are all a
+    :class:`paretoopt.LinearScalarization` with the resolved weights; "morlhf" and "gdpo"
+    scalarise advantages, not losses, so the trainer uses their weights only
+    (:meth:`MOPPOTrainer.combine`).
     """
     from paretoopt import LinearScalarization, make_combiner
 
     kwargs = dict(config.combiner_kwargs)
-    if config.combiner in ("morlhf", "linear_noon", "linear"):
+    if config.combiner in ("morlhf", "gdpo", "linear_noon", "linear"):
         kwargs.pop("weights", None)
         if n_objectives is None:
             weights = config.combiner_weights or config.combiner_kwargs.get("weights")

@@ -38,7 +38,7 @@ from .advantages import (
     scalarize_advantages,
 )
 from .checkpoint import resolve_resume
-from .config import WEIGHTED_COMBINERS, MOPPOConfig
+from .config import SCALARISED_COMBINERS, WEIGHTED_COMBINERS, MOPPOConfig
 from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
 from .evaluation import (
     BestCheckpoint,
@@ -165,8 +165,8 @@ class MOPPOTrainer:
             else build_combiner(config, self.accelerator.num_processes, self.n_objectives)
         )
         self.use_pama_fast_path = is_pama(self.combiner) and config.pama_fast_path
-        # MORLHF scalarises the advantages (one PPO surrogate), not the losses.
-        self.scalarized_reward = combiner is None and config.combiner == "morlhf"
+        # MORLHF and GDPO scalarise the advantages (one PPO surrogate), not the losses.
+        self.scalarized_reward = combiner is None and config.combiner in SCALARISED_COMBINERS
         self.noon = uses_noon(config)
         self.value_warmup_step = 0
         """Value warm-up steps done (``config.value_warmup_steps``; :mod:`.warmup`)."""
@@ -371,8 +371,18 @@ class MOPPOTrainer:
         advantages = (noon_clip(normalized) if self.noon else normalized) * mask.unsqueeze(0)
         extra: dict[str, Any] = {}
         if self.scalarized_reward:
+            # GDPO: each objective whitened on its own first (decoupled normalisation).
+            per_objective = (
+                normalize_advantages(raw, mask, "whiten", gather=gather)
+                if cfg.combiner == "gdpo"
+                else raw
+            )
             extra["scalar_advantages"] = scalarize_advantages(
-                raw, self.combiner.weights, mask, cfg.advantage_normalization, gather=gather
+                per_objective,
+                self.combiner.weights,
+                mask,
+                cfg.advantage_normalization,
+                gather=gather,
             )
         if is_pama(self.combiner):
             with (clock or PhaseClock(self.device)).add("combine"):

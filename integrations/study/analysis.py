@@ -217,8 +217,8 @@ def task_results(
     }
 
     pama_rates: dict[str, Any] = {}
-    for m in ("pama", "pama_no_noon"):
-        if m in methods:
+    for m in methods:
+        if m.startswith("pama"):  # every PAMA variant: its zero, conflict and binding rates
             curves = methods[m]["curves"]
             pama_rates[m] = {
                 k: v

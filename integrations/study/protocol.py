@@ -37,6 +37,11 @@ METHOD_LABELS = {
     "pama_no_noon": "PAMA without Noon",
     "morlhf": "MORLHF (uniform)",
     "mgda_ub": "MGDA-UB (l2)",
+    "gdpo": "GDPO (uniform)",
+    "pama_sample": "PAMA per sample (Noon)",
+    "pama_sample_no_noon": "PAMA per sample, no Noon",
+    "pama_batch": "PAMA per batch (Noon)",
+    "pama_batch_no_noon": "PAMA per batch, no Noon",
     "linear_noon": "Linear of Noon losses",
 }
 TUNING_SEED_OFFSET = 900
@@ -127,7 +132,7 @@ def preset(name: str) -> StudyConfig:
     if name == "tiny":
         return StudyConfig(
             tasks=("sentiment_length", "support_replies"),
-            methods=("pama", "morlhf", "mgda_ub"),
+            methods=("pama", "morlhf", "mgda_ub", "gdpo"),
             seeds={"sentiment_length": 2, "support_replies": 2},
             steps=2,
             eval_steps=(1, 2),
@@ -174,6 +179,10 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
       standard clipping, no Noon (uniform weights unless ``weights``);
     * ``mgda_ub``: MGDA-UB (min-norm over the gradients at the policy's last hidden states,
       l2-normalised) of the n per-objective *standard* PPO losses (advantages not clipped);
+    * ``gdpo``: each objective's advantages whitened on their own over the batch, then
+      ``sum_i w_i A_i``, standard clipping, no Noon (GDPO's decoupled normalisation);
+    * ``pama_sample`` / ``pama_batch`` (and ``*_no_noon``): PAMA with one weight vector per
+      response (from its mean advantages) or per batch (from the batch-mean advantages);
     * ``linear_noon``: ``sum_i w_i L_i`` of Noon-clipped per-objective PPO losses (the
       demo's old "MORLHF"), a labelled variant.
     """
@@ -183,6 +192,12 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
         return {"combiner": "pama", "noon": True}
     if method == "pama_no_noon":
         return {"combiner": "pama", "noon": False}
+    for granularity in ("sample", "batch"):
+        if method in (f"pama_{granularity}", f"pama_{granularity}_no_noon"):
+            noon = not method.endswith("_no_noon")
+            return {"combiner": "pama", "noon": noon, "pama_granularity": granularity}
+    if method == "gdpo":
+        return {"combiner": "gdpo", "combiner_weights": w}
     if method == "morlhf":
         return {"combiner": "morlhf", "combiner_weights": w}
     if method == "linear_noon":

@@ -17,6 +17,11 @@ COLORS = {
     "morlhf": "#1f77b4",
     "mgda_ub": "#2ca02c",
     "linear_noon": "#9467bd",
+    "gdpo": "#17becf",
+    "pama_sample": "#8c564b",
+    "pama_sample_no_noon": "#c49c94",
+    "pama_batch": "#e377c2",
+    "pama_batch_no_noon": "#f7b6d2",
 }
 
 
