@@ -187,3 +187,21 @@ def test_sacrifice_is_the_worst_objectives_change_from_the_start() -> None:
     # seed 0: min(+1, +0.5) = 0.5; seed 1: min(-0.5, +1) = -0.5; seed 2: min(0, 0) = 0
     assert entry["worst_change"]["mean"] == pytest.approx(0.0)
     assert entry["no_sacrifice_share"] == pytest.approx(2 / 3)  # a tie with the start is kept
+
+
+def test_difference_ci_and_dominance_beyond_the_uncertainty() -> None:
+    # Constant samples: the interval is the difference itself.
+    assert stats.difference_ci([2.0, 2.0], [0.5, 0.5, 0.5]) == (1.5, 1.5)
+    lo, hi = stats.difference_ci([1.0, 3.0], [0.0, 0.0, 0.0])  # resampled means of [1, 3]
+    assert (lo, hi) == (1.0, 3.0)
+    method = [[0.0, 0.0], [0.2, 0.2], [0.1, 0.1]]
+    clearly = [[[1.0, 1.0], [1.1, 1.2]]]  # better on both, far beyond the noise
+    assert stats.dominated_beyond_ci(method, clearly)
+    # Better on both means, so Pareto-dominating the mean point, but by less than the noise
+    # of two front seeds on one objective: not dominated under the rule.
+    noisy = [[[1.0, -1.0], [1.2, 1.6]]]
+    front_mean = np.mean(noisy[0], axis=0)
+    assert stats.dominated_by_front(np.mean(method, axis=0), [front_mean])
+    assert not stats.dominated_beyond_ci(method, noisy)
+    with pytest.raises(ValueError, match="objectives"):
+        stats.dominated_beyond_ci(method, [[[1.0, 1.0, 1.0]]])

@@ -182,9 +182,11 @@ def task_results(
         same = sorted(by_method["morlhf"], key=lambda r: r["job"]["seed"])[:front_seeds]
         by_weight[tuple(uniform)] = same
     front = []
+    front_seed_points = []  # per weight: [seeds, objectives], for the rule with uncertainty
     for w in sorted(by_weight, reverse=True):
         rs = by_weight[w]
         f = _final_step(rs)
+        front_seed_points.append([[r["evals"][f][o] for o in objectives] for r in rs])
         point = {o: float(np.mean([r["evals"][f][o] for r in rs])) for o in objectives}
         extras = {k: float(np.mean([r["evals"][f][k] for r in rs])) for k in EXTRA_KEYS}
         front.append({"weights": list(w), "seeds": len(rs), **point, **extras})
@@ -206,6 +208,10 @@ def task_results(
         mean_point = [entry["mean"][o] for o in objectives]
         entry["dominated_by_front"] = bool(front_points) and stats.dominated_by_front(
             mean_point, front_points
+        )
+        seed_points = [[p[o] for o in objectives] for p in entry["per_seed"]]
+        entry["dominated_by_front_ci"] = bool(front_seed_points) and stats.dominated_beyond_ci(
+            seed_points, front_seed_points
         )
 
     # Matched KL over means: every method's reward, read along its mean path in training

@@ -172,6 +172,19 @@ def front_table(t: Mapping[str, Any]) -> list[str]:
                 ]
             )
         )
+    readings = [
+        f"{METHOD_LABELS.get(m, m)}: "
+        f"{'yes' if e['dominated_by_front'] else 'no'} / "
+        f"{'yes' if e.get('dominated_by_front_ci') else 'no'}"
+        for m, e in t["methods"].items()
+    ]
+    lines += [
+        "",
+        "Each method's mean point dominated by a front point (means / beyond the uncertainty "
+        "of both: on every objective the 95% bootstrap interval of front − method above 0): "
+        + "; ".join(readings)
+        + ".",
+    ]
     return lines
 
 

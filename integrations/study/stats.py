@@ -23,7 +23,9 @@ from scipy import stats as sps
 
 __all__ = [
     "bootstrap_ci",
+    "difference_ci",
     "dominance_shares",
+    "dominated_beyond_ci",
     "dominated_by_front",
     "dominates",
     "final_kl_target",
@@ -115,6 +117,56 @@ def dominated_by_front(point: Sequence[float], front: Sequence[Sequence[float]])
     """Whether some point of ``front`` (e.g. MORLHF at each weight) dominates ``point``."""
     f = _as_points(front, "front")
     return any(dominates(q, point) for q in f)
+
+
+def difference_ci(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 4999,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(a) - mean(b)`` for two *independent* samples
+    (each resampled on its own; e.g. a front weight's seeds against a method's seeds)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.ndim != 1 or y.ndim != 1 or x.size == 0 or y.size == 0:
+        raise ValueError(f"two non-empty 1-D samples needed, got shapes {x.shape} and {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("samples hold non-finite entries")
+    if np.all(x == x[0]) and np.all(y == y[0]):
+        d = float(x[0] - y[0])
+        return d, d
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, x.size, size=(n_resamples, x.size))
+    ib = rng.integers(0, y.size, size=(n_resamples, y.size))
+    diffs = x[ia].mean(axis=1) - y[ib].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def dominated_beyond_ci(
+    method: Sequence[Sequence[float]] | np.ndarray,
+    front: Sequence[Sequence[Sequence[float]]],
+    seed: int = 0,
+) -> bool:
+    """Whether some front point dominates the method *beyond the uncertainty of both*.
+
+    ``method`` is ``[seeds, objectives]`` (one point per seed), ``front`` a list of such
+    arrays, one per front weight. The rule, fixed in advance: a front weight dominates when
+    on *every* objective the 95% bootstrap interval of ``mean(front) - mean(method)``
+    (:func:`difference_ci`, the two sets of seeds resampled independently) lies above 0, i.e.
+    the front point is better on every objective by more than the noise of either. Stricter
+    than Pareto dominance of the means (which :func:`dominated_by_front` checks, and which
+    leans toward "dominated" when the front points rest on few seeds)."""
+    m = _as_points(method, "method")
+    for q in front:
+        f = _as_points(q, "front point")
+        if f.shape[1] != m.shape[1]:
+            raise ValueError(f"front point has {f.shape[1]} objectives, method {m.shape[1]}")
+        if all(difference_ci(f[:, k], m[:, k], seed=seed)[0] > 0 for k in range(m.shape[1])):
+            return True
+    return False
 
 
 def point_hypervolume(point: Sequence[float], reference: Sequence[float]) -> float:
