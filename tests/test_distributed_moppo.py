@@ -8,10 +8,11 @@ PAMA's closed form) followed by one ``update`` must give the parameters a single
 gets on the whole batch. The rollouts are built by hand, so the valid-token count of
 each half is chosen.
 
-This is checked for PAMA (fast path), exact MGDA and MGDA-UB (the trainer uses
-:class:`paretoopt.integrations.distributed.DistributedMGDA` on several processes), with equal
-valid-token counts per process, and for PAMA and MGDA with unequal counts (the trainer scales its
-token-mean losses with :func:`paretoopt.integrations.distributed.dp_loss_scale`).
+This is checked for PAMA (fast path), exact MGDA, MGDA-UB (the trainer uses
+:class:`paretoopt.integrations.distributed.DistributedMGDA` on several processes) and PAMA-UB
+(the Gram of the advantage vectors gathered over processes), with equal valid-token counts per
+process, and for PAMA, MGDA and PAMA-UB with unequal counts (the trainer scales its token-mean
+losses with :func:`paretoopt.integrations.distributed.dp_loss_scale`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ WORLD = 2
 T = 6
 EQUAL = [6, 3, 4, 2, 5, 5, 1, 4]  # 15 valid response tokens on each half
 UNEQUAL = [6, 6, 5, 4, 1, 2, 3, 4]  # 21 against 10
-SCENARIOS = ("pama", "mgda", "mgda_ub")
+SCENARIOS = ("pama", "mgda", "mgda_ub", "pama_ub")
+UNEQUAL_SCENARIOS = ("pama", "mgda", "pama_ub")
 
 
 def _constant(prompts: list[str], responses: list[str]) -> list[float]:
@@ -118,7 +120,8 @@ def train_once(model_dir: Path, out: Path, scenario: str, lengths: list[int], wo
         rewards=[_constant, _constant],
         reward_names=["a", "b"],
     )
-    expected = DistributedMGDA if world > 1 and scenario != "pama" else type(trainer.combiner)
+    mgda = scenario in ("mgda", "mgda_ub")
+    expected = DistributedMGDA if world > 1 and mgda else type(trainer.combiner)
     assert isinstance(trainer.combiner, expected)
     rollout, scores = make_rollout(tokenizer, lengths)
     rank = trainer.accelerator.process_index
@@ -137,7 +140,10 @@ def train_once(model_dir: Path, out: Path, scenario: str, lengths: list[int], wo
     batch = trainer.compute_advantages(rollout, scores)
     trainer.update(batch, 1, {})
     params = {k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()}
-    return {"grads": grads, "params": params}
+    result = {"grads": grads, "params": params}
+    if batch.scalar_weights is not None:  # PAMA-UB: the weights solved on the global Gram
+        result["weights"] = batch.scalar_weights
+    return result
 
 
 def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
@@ -145,7 +151,7 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     out = Path(out_dir)
     results = {}
     for name, lengths in (("equal", EQUAL), ("unequal", UNEQUAL)):
-        scenarios = SCENARIOS if name == "equal" else ("pama", "mgda")
+        scenarios = SCENARIOS if name == "equal" else UNEQUAL_SCENARIOS
         for scenario in scenarios:
             results[f"{name}/{scenario}"] = train_once(
                 Path(model_dir), out, scenario, lengths, WORLD
@@ -174,6 +180,10 @@ def spawned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[d
 
 
 def _assert_same(got: dict, want: dict, label: str) -> None:
+    assert ("weights" in got) == ("weights" in want)
+    if "weights" in want:
+        torch.testing.assert_close(got["weights"], want["weights"], rtol=1e-6, atol=1e-9)
+        assert float(want["weights"].min()) > 0.01, want["weights"]  # a real mix
     assert set(got["grads"]) == set(want["grads"]) and want["grads"]
     scale = max(float(g.abs().max()) for g in want["grads"].values())
     assert scale > 0
@@ -200,7 +210,7 @@ def test_update_on_two_processes_equals_one_process(
         _assert_same(res[f"equal/{scenario}"], want, f"{scenario} rank {rank}")
 
 
-@pytest.mark.parametrize("scenario", ["pama", "mgda"])
+@pytest.mark.parametrize("scenario", UNEQUAL_SCENARIOS)
 def test_unequal_token_counts_equal_one_process(
     scenario: str, spawned: list[dict], model_dir: Path, tmp_path: Path
 ) -> None:

@@ -1,5 +1,6 @@
-"""The PPO set-up of the trainer: the literature's MORLHF and its per-loss variants, Noon as a
-switch, MGDA's normalisation, the value warm-up and the per-objective value error."""
+"""The PPO set-up of the trainer: the literature's MORLHF and its per-loss variants, GDPO,
+PAMA-UB, Noon as a switch, MGDA's normalisation, the value warm-up and the per-objective value
+error."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ pytest.importorskip("accelerate")
 
 from hf_fixtures import PROMPTS, make_tiny_lm
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
-from paretoopt.integrations.hf.advantages import gae, kl_penalized_rewards, scalarize_advantages
+from paretoopt.integrations.hf.advantages import (
+    MinNormAdvantages,
+    advantage_gram,
+    gae,
+    kl_penalized_rewards,
+    min_norm_advantages,
+    scalarize_advantages,
+)
 from paretoopt.integrations.hf.metrics import value_error_metrics
 from paretoopt.integrations.hf.update import policy_loss
 from paretoopt.integrations.hf.warmup import run_value_warmup
@@ -209,6 +217,14 @@ def test_weights_are_checked_against_the_rewards_in_the_constructor(
         (dict(value_warmup_steps=-1), "value_warmup_steps"),
         (dict(noon="yes"), "noon"),
         (dict(combiner="morlhf_noon"), "combiner"),
+        (
+            dict(combiner="pama_ub", combiner_weights=[0.5, 0.5]),
+            "combiner_weights does not apply to combiner='pama_ub'",
+        ),
+        (
+            dict(combiner="pama_ub", combiner_kwargs={"weights": [0.5, 0.5]}),
+            "combiner_kwargs must be empty for combiner='pama_ub'",
+        ),
     ],
 )
 def test_bad_ppo_setup_fields_are_named(fields: dict, match: str) -> None:
@@ -383,3 +399,164 @@ def test_gdpo_is_a_weighted_combiner_without_noon() -> None:
     assert build_combiner(cfg, 1, 2).weights == (1.0, 3.0)
     with pytest.raises(ValueError, match="3 weights but the trainer has 2 rewards"):
         build_combiner(MOPPOConfig(combiner="gdpo", combiner_weights=[1, 1, 1]), 1, 2)
+
+
+# --------------------------------------------------------------------------- PAMA-UB
+
+
+def vowel_rate(prompts: list[str], responses: list[str]) -> list[float]:
+    return [sum(ch in "aeiou" for ch in r) / max(1, len(r)) for r in responses]
+
+
+def brevity(prompts: list[str], responses: list[str]) -> list[float]:
+    return [1.0 - min(len(r), 40) / 40 for r in responses]
+
+
+def _min_norm_by_qp(gram: torch.Tensor) -> torch.Tensor:
+    """argmin_{c in simplex} c^T G c by SLSQP, independent of the library's solver."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    g = gram.numpy() / float(gram.diagonal().max())
+    n = g.shape[0]
+    res = minimize(
+        lambda c: c @ g @ c,
+        np.full(n, 1.0 / n),
+        jac=lambda c: 2 * g @ c,
+        bounds=[(0.0, 1.0)] * n,
+        constraints=[{"type": "eq", "fun": lambda c: c.sum() - 1.0, "jac": lambda c: np.ones(n)}],
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 500},
+    )
+    assert res.success, res.message
+    return torch.from_numpy(res.x)
+
+
+@pytest.mark.parametrize(
+    ("noon", "rewards"),
+    [(True, [length_words, vowel_rate]), (False, [length_words, vowel_rate]),
+     (False, [length_words, vowel_rate, brevity])],
+    ids=["noon", "signed", "three-objectives"],
+)  # fmt: skip
+def test_pama_ub_trains_on_the_min_norm_point_of_the_advantage_vectors(
+    tiny_lm: Path, tmp_path: Path, noon: bool, rewards: list
+) -> None:
+    """PAMA-UB's advantage recomputed from the trainer's own rollout: GAE by hand, Noon clip,
+    the Gram of the advantage vectors over valid tokens, c from an independent QP (and the
+    closed form for two objectives), A = sum_i c_i A_i."""
+    cfg = config(tmp_path, combiner="pama_ub", noon=noon, kl_coef=0.2)
+    trainer = trainer_for(tiny_lm, cfg, rewards)
+    assert isinstance(trainer.combiner, MinNormAdvantages) and trainer.noon is noon
+    rollout = trainer.rollout(trainer.sample_prompts(1))
+    scores = trainer.score(rollout, 1)
+    fwd = trainer.forward_rollout(rollout)
+    batch = trainer.compute_advantages(rollout, scores)
+    rewards_t, _ = kl_penalized_rewards(
+        scores, fwd["logprobs"], fwd["ref_logprobs"], rollout.mask, 0.2
+    )
+    raw, _ = gae(rewards_t, fwd["values"], rollout.mask, cfg.gamma, cfg.gae_lambda)
+    mask = rollout.mask.to(torch.float64)
+    a = raw.to(torch.float64) * mask
+    if noon:
+        a = a.clamp_min(0.0)
+    n = a.shape[0]
+    gram = torch.tensor(
+        [[float((a[i] * a[j] * mask).sum()) for j in range(n)] for i in range(n)],
+        dtype=torch.float64,
+    )
+    c = _min_norm_by_qp(gram)
+    if n == 2:
+        a1, a2 = a[0].flatten(), a[1].flatten()
+        closed = float((a2 @ a2 - a1 @ a2) / ((a1 - a2) @ (a1 - a2)))
+        c1 = min(max(closed, 0.0), 1.0)
+        torch.testing.assert_close(
+            c, torch.tensor([c1, 1 - c1], dtype=torch.float64), atol=1e-6, rtol=0
+        )
+    assert batch.scalar_weights is not None and batch.scalar_advantages is not None
+    torch.testing.assert_close(batch.scalar_weights, c, atol=1e-5, rtol=0)
+    assert float(c.min()) > 0.01  # an interior point here: a real mix, not one objective
+    assert not torch.allclose(c, torch.full_like(c, 1.0 / n), atol=1e-2)  # not uniform
+    expected = (c.view(-1, 1, 1) * a).sum(0) * mask
+    torch.testing.assert_close(
+        batch.scalar_advantages.to(torch.float64), expected, rtol=1e-4, atol=1e-6
+    )
+    value = float(c @ gram @ c)
+    assert batch.combine_stats["pama_ub/min_norm"] == pytest.approx(value, rel=1e-6)
+    if noon:
+        assert bool((batch.scalar_advantages >= 0).all())
+    else:
+        assert bool((batch.scalar_advantages < 0).any())  # signed advantages
+
+
+def test_pama_ub_gram_is_summed_over_processes() -> None:
+    """Two halves with a simulated all-gather solve on the Gram of the whole batch: the same
+    weights on every process, and each half's slice of the whole batch's advantage."""
+    gen = torch.Generator().manual_seed(11)
+    mask = torch.ones(8, 5)
+    for row, length in enumerate(torch.randint(1, 6, (8,), generator=gen).tolist()):
+        mask[row, length:] = 0
+    adv = torch.randn(3, 8, 5, generator=gen, dtype=torch.float64)
+    adv = adv * torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64).view(-1, 1, 1)
+    whole_scalar, whole_c, whole_value = min_norm_advantages(adv, mask)
+    halves = [(adv[:, :4], mask[:4]), (adv[:, 4:], mask[4:])]
+    local = [advantage_gram(a, m) for a, m in halves]
+    torch.testing.assert_close(local[0] + local[1], advantage_gram(adv, mask))
+    sent: list[torch.Tensor] = []
+
+    def all_gather(x: torch.Tensor) -> torch.Tensor:
+        sent.append(x)
+        return torch.stack(local)  # what accelerator.gather returns: [processes, n, n]
+
+    parts = [min_norm_advantages(a, m, gather=all_gather) for a, m in halves]
+    for k in range(2):
+        torch.testing.assert_close(sent[k], local[k].unsqueeze(0))
+    assert torch.equal(parts[0][1], parts[1][1]) and parts[0][2] == parts[1][2]
+    torch.testing.assert_close(parts[0][1], whole_c)
+    assert parts[0][2] == pytest.approx(whole_value, rel=1e-12)
+    torch.testing.assert_close(torch.cat([p[0] for p in parts], dim=0), whole_scalar)
+
+
+def test_pama_ub_logs_the_weights_it_trained_on_and_moves_the_policy(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, combiner="pama_ub", steps=2, kl_coef=0.2)
+    trainer = trainer_for(tiny_lm, cfg, [length_words, vowel_rate])
+    batches = []
+    combine = trainer.combine
+
+    def recording_combine(*args, **kwargs):
+        batches.append(combine(*args, **kwargs))
+        return batches[-1]
+
+    trainer.combine = recording_combine
+    before = [p.detach().clone() for p in trainer.policy.parameters() if p.requires_grad]
+    history = trainer.train()
+    assert len(history) == 2 and len(batches) == 2
+    for metrics, batch in zip(history, batches, strict=True):
+        c = batch.scalar_weights
+        assert metrics["weights/len"] == float(c[0])
+        assert metrics["weights/other"] == float(c[1])
+        assert metrics["weights/len"] + metrics["weights/other"] == pytest.approx(1.0, abs=1e-12)
+        adv = batch.scalar_advantages.to(torch.float64)
+        assert metrics["pama_ub/min_norm"] == pytest.approx(float((adv * adv).sum()), rel=1e-5)
+        assert math.isfinite(metrics["loss/policy"])
+    after = [p for p in trainer.policy.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_pama_ub_follows_noon_and_the_cli_names_it() -> None:
+    from paretoopt.integrations.hf.cli import _config_from_args, build_parser
+    from paretoopt.integrations.hf.models import build_combiner, uses_noon
+
+    assert uses_noon(MOPPOConfig(combiner="pama_ub")) is True
+    assert uses_noon(MOPPOConfig(combiner="pama_ub", noon=False)) is False
+    assert isinstance(build_combiner(MOPPOConfig(combiner="pama_ub"), 2, 2), MinNormAdvantages)
+    base = ["--policy", "p", "--prompts", "x.txt", "--reward", "length", "--reward", "length"]
+    cfg = _config_from_args(
+        build_parser().parse_args([*base, "--combiner", "pama_ub", "--no-noon"])
+    )
+    assert cfg.combiner == "pama_ub" and cfg.noon is False
+    with pytest.raises(ValueError, match="combiner_weights does not apply"):
+        _config_from_args(
+            build_parser().parse_args([*base, "--combiner", "pama_ub", "--weights", "1", "1"])
+        )

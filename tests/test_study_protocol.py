@@ -132,6 +132,8 @@ def test_method_definitions_differ_only_in_the_combiner() -> None:
         }
         MOPPOConfig(**fields)  # each a valid trainer set-up
     assert protocol.method_fields("gdpo", 2) == {"combiner": "gdpo", "combiner_weights": [0.5, 0.5]}
+    assert protocol.method_fields("pama_ub", 3) == {"combiner": "pama_ub", "noon": True}
+    assert protocol.method_fields("pama_ub_no_noon", 2) == {"combiner": "pama_ub", "noon": False}
     assert protocol.method_fields("pama_batch_no_noon", 2) == {
         "combiner": "pama", "noon": False, "pama_granularity": "batch"
     }  # fmt: skip

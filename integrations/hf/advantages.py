@@ -12,10 +12,13 @@ import torch
 
 __all__ = [
     "AdaptiveKLController",
+    "MinNormAdvantages",
+    "advantage_gram",
     "discounted_cumsum",
     "gae",
     "kl_penalized_rewards",
     "masked_mean",
+    "min_norm_advantages",
     "normalize_advantages",
     "scalarize_advantages",
 ]
@@ -150,6 +153,69 @@ def scalarize_advantages(
     scalar = (w.view(-1, 1, 1) * advantages).sum(0, keepdim=True)
     scalar = normalize_advantages(scalar, mask, mode, gather=gather)
     return scalar[0] * mask.to(scalar.dtype)
+
+
+def advantage_gram(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The n x n Gram ``G_ij = sum_t A_it A_jt`` over valid tokens, in float64.
+
+    ``gather`` is ``accelerator.gather``: the local Grams of all processes are gathered and
+    summed, so every process gets the Gram of the global batch. ``[n, B, T] -> [n, n]``.
+    """
+    n = advantages.shape[0]
+    maskf = mask.to(torch.float64).reshape(1, -1)
+    a = advantages.to(torch.float64).reshape(n, -1) * maskf
+    local = a @ a.T
+    return gather(local.unsqueeze(0).contiguous()).sum(dim=0) if gather is not None else local
+
+
+def min_norm_advantages(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The min-norm point of the n advantage vectors over the batch: MGDA-UB at the ratio.
+
+    Each objective's PPO loss (Noon or standard) at ratio ``u = 1`` has gradient ``-A_i / N``
+    with respect to the per-token ratio, so the min-norm point of those gradients is the
+    min-norm point of the vectors ``A_i``: ``c = argmin_{c in simplex} c^T G c`` with ``G``
+    from :func:`advantage_gram` (all processes), solved by :func:`paretoopt.min_norm_weights`
+    in float64. No normalisation of the vectors: the objective with the smaller advantages
+    weighs more. Returns ``A = sum_i c_i A_i`` ``[B, T]`` (zero outside the mask), ``c``
+    ``[n]`` (float64, on the CPU) and the min-norm value ``c^T G c`` (``|A|^2`` over the
+    global batch's valid tokens); the same ``c`` on every process.
+    """
+    from paretoopt import min_norm_weights
+
+    result = min_norm_weights(advantage_gram(advantages, mask, gather))
+    weights = result.weights.to(torch.float64)
+    c = weights.to(advantages.device).view(-1, 1, 1)
+    scalar = (c * advantages.to(torch.float64)).sum(0) * mask.to(torch.float64)
+    return scalar.to(advantages.dtype), weights, float(result.value)
+
+
+class MinNormAdvantages:
+    """The ``"pama_ub"`` combiner of :class:`~.trainer.MOPPOTrainer`: one standard PPO
+    surrogate on ``sum_i c_i A_i`` with ``c`` the min-norm point of the batch's advantage
+    vectors (:func:`min_norm_advantages`), chosen anew for every batch."""
+
+    name = "pama_ub"
+    requires = None
+    """Nothing beyond the batch's advantages (so micro-batches accumulate exactly)."""
+
+    def __call__(
+        self,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return min_norm_advantages(advantages, mask, gather)
+
+    def __repr__(self) -> str:
+        return "MinNormAdvantages()"
 
 
 class AdaptiveKLController:

@@ -87,21 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--combiner",
-        choices=["pama", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear"],
-        help="how the objectives are combined (default pama); morlhf: PPO on the scalarised "
-        "reward; linear_noon: sum of Noon PPO losses; linear: sum of PPO losses (--noon)",
+        choices=["pama", "pama_ub", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear"],
+        help="how the objectives are combined (default pama); pama_ub: PPO on the min-norm "
+        "combination of the batch's advantage vectors (MGDA-UB at the ratio, --noon); morlhf: "
+        "PPO on the scalarised reward; linear_noon: sum of Noon PPO losses; linear: sum of PPO "
+        "losses (--noon)",
     )
     p.add_argument(
         "--weights",
         type=float,
         nargs="+",
-        help="fixed weights, one per --reward, for morlhf/linear_noon/linear (default 1/n)",
+        help="fixed weights, one per --reward, for morlhf/gdpo/linear_noon/linear (default 1/n)",
     )
     p.add_argument(
         "--noon",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Noon clipping A = max(A, 0) for pama/linear/mgda* (default on)",
+        help="Noon clipping A = max(A, 0) for pama/pama_ub/linear/mgda* (default on)",
     )
     p.add_argument(
         "--mgda-normalization",

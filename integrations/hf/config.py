@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-COMBINER_NAMES = ("pama", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear")
+COMBINER_NAMES = (
+    "pama", "pama_ub", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear"
+)  # fmt: skip
 WEIGHTED_COMBINERS = ("morlhf", "gdpo", "linear_noon", "linear")
 """Combiners with fixed weights (``combiner_weights``; default uniform 1/n)."""
 SCALARISED_COMBINERS = ("morlhf", "gdpo")
@@ -37,8 +39,18 @@ class MOPPOConfig:
 
     # -- combiner ---------------------------------------------------------
     combiner: str = "pama"
-    """"pama" | "morlhf" | "gdpo" | "linear_noon" | "mgda_ub" | "mgda" | "linear"; or give the
-    trainer a combiner instance, which takes precedence (docs/trainer.md, "PPO set-up").
+    """"pama" | "pama_ub" | "morlhf" | "gdpo" | "linear_noon" | "mgda_ub" | "mgda" | "linear"; or
+    give the trainer a combiner instance, which takes precedence (docs/trainer.md, "PPO set-up").
+
+    * "pama_ub": MGDA-UB taken at the PPO ratio. Each objective's PPO loss at ratio 1 has
+      gradient ``-A_i / N`` with respect to the per-token ratio, so the min-norm point of those
+      gradients is that of the n advantage vectors ``A_i`` over the batch (normalised per
+      ``advantage_normalization``, Noon-clipped per ``noon``, valid tokens of every process):
+      ``c = argmin_{c in simplex} c^T G c`` with the Gram ``G_ij = sum_t A_it A_jt``, solved
+      once per batch in float64, then one standard PPO surrogate on ``A = sum_i c_i A_i``.
+      No normalisation of the vectors: the objective with the smaller advantages weighs more,
+      as at MGDA's min-norm point. Cost O(n^2 N) for the Gram, one backward; the weights are
+      chosen per batch, so ``combiner_weights`` and ``combiner_kwargs`` are refused.
 
     * "morlhf": PPO on the scalarised reward ``sum_i w_i r_i`` (Wu et al. 2023, Rame et
       al. 2023): one advantage ``A = sum_i w_i A'_i`` per token, standard PPO clipping, no Noon.
@@ -56,7 +68,7 @@ class MOPPOConfig:
     """Fixed weights of "morlhf" / "gdpo" / "linear_noon" / "linear", one per reward, checked
     against the number of rewards when the trainer is built; None: uniform 1/n."""
     noon: bool = True
-    """Noon clipping ``A = max(A', 0)`` for PAMA and the per-objective-loss combiners
+    """Noon clipping ``A = max(A', 0)`` for PAMA, "pama_ub" and the per-objective-loss combiners
     ("linear", "mgda_ub", "mgda"). "linear_noon" always clips, "morlhf" and "gdpo" never. With
     ``combiner="pama", noon=False`` PAMA uses the closed form on unclipped advantages
     (``s* = relu(min A) - relu(-max A)``) and the standard PPO surrogate."""
@@ -339,6 +351,19 @@ class MOPPOConfig:
             raise ValueError(
                 f"MOPPOConfig.value_warmup_steps must be an integer >= 0, got {warmup!r}"
             )
+        if self.combiner == "pama_ub":
+            if self.combiner_weights is not None:
+                raise ValueError(
+                    "MOPPOConfig.combiner_weights does not apply to combiner='pama_ub': its "
+                    "weights are chosen per batch (the min-norm point of the objectives' "
+                    "advantages); leave combiner_weights None"
+                )
+            if self.combiner_kwargs:
+                raise ValueError(
+                    "MOPPOConfig.combiner_kwargs must be empty for combiner='pama_ub' (its "
+                    "weights are chosen per batch; it takes no arguments), got "
+                    f"{self.combiner_kwargs!r}"
+                )
         if self.combiner_weights is None:
             return
         if self.combiner not in WEIGHTED_COMBINERS:

@@ -2,7 +2,8 @@
 
 Metric names (docs/trainer.md lists them): ``reward/<name>``, ``kl``, ``kl_coef``,
 ``response_length``, ``advantage/<name>``, PAMA's ``binding_rate/<name>``, ``conflict_rate``,
-``zero_rate``, ``mean_s_star`` and ``weights/<name>``, ``value/error/<name>`` and
+``zero_rate``, ``mean_s_star`` and ``weights/<name>``, "pama_ub"'s ``pama_ub/min_norm``,
+``value/error/<name>`` and
 ``value/explained_variance/<name>``, the update's loss statistics and
 ``time/<phase>``. Under data parallelism every metric is a mean over all processes.
 """
@@ -116,6 +117,12 @@ def step_metrics(
         local = torch.tensor([[update_stats[k] for k in keys]], device=trainer.device)
         averaged = gather(local).mean(dim=0).tolist()
         metrics.update(dict(zip(keys, averaged, strict=True)))
+    if batch.scalar_weights is not None:
+        # Weights chosen once per batch from the global Gram ("pama_ub"): the same on every
+        # process, logged as solved.
+        for i, name in enumerate(names):
+            metrics[f"weights/{name}"] = float(batch.scalar_weights[i])
+    metrics.update(batch.combine_stats)
     metrics.update(timings)
     return metrics
 

@@ -265,7 +265,8 @@ def combiner_weights(config: MOPPOConfig, n_objectives: int) -> list[float]:
 
 
 def uses_noon(config: MOPPOConfig) -> bool:
-    """Whether the per-objective advantages are Noon-clipped for ``config.combiner``."""
+    """Whether the per-objective advantages are Noon-clipped for ``config.combiner``
+    ("pama", "pama_ub", "linear", "mgda_ub", "mgda": per ``config.noon``)."""
     if config.combiner == "linear_noon":
         return True
     if config.combiner in SCALARISED_COMBINERS:
@@ -281,10 +282,15 @@ def build_combiner(
     "morlhf", "gdpo", "linear_noon" and "linear" are all a
     :class:`paretoopt.LinearScalarization` with the resolved weights; "morlhf" and "gdpo"
     scalarise advantages, not losses, so the trainer uses their weights only
-    (:meth:`MOPPOTrainer.combine`).
+    (:meth:`MOPPOTrainer.combine`). "pama_ub" is a :class:`.advantages.MinNormAdvantages`,
+    whose weights the trainer solves for on each batch.
     """
     from paretoopt import LinearScalarization, make_combiner
 
+    if config.combiner == "pama_ub":
+        from .advantages import MinNormAdvantages
+
+        return MinNormAdvantages()
     kwargs = dict(config.combiner_kwargs)
     if config.combiner in ("morlhf", "gdpo", "linear_noon", "linear"):
         kwargs.pop("weights", None)

@@ -32,6 +32,7 @@ from torch import nn
 
 from .advantages import (
     AdaptiveKLController,
+    MinNormAdvantages,
     gae,
     kl_penalized_rewards,
     normalize_advantages,
@@ -74,7 +75,7 @@ __all__ = ["MOPPOTrainer", "RolloutBatch"]
 
 
 class MOPPOTrainer:
-    """Multi-objective PPO with a pluggable combiner (PAMA, MGDA-UB, MGDA, linear).
+    """Multi-objective PPO with a pluggable combiner (PAMA, PAMA-UB, MGDA-UB, MGDA, linear).
 
     Args:
         config: hyper-parameters (:class:`MOPPOConfig`).
@@ -361,7 +362,8 @@ class MOPPOTrainer:
         kl: torch.Tensor,
         clock: PhaseClock | None = None,
     ) -> RolloutBatch:
-        """Normalisation, Noon clip and, for PAMA's fast path, the closed form ``s*``."""
+        """Normalisation, Noon clip and, for PAMA's fast path, the closed form ``s*``; for
+        MORLHF and GDPO the scalarised advantage, for "pama_ub" the min-norm combination."""
         from paretoopt import noon_clip, pama_stats
 
         cfg = self.config
@@ -383,6 +385,16 @@ class MOPPOTrainer:
                 mask,
                 cfg.advantage_normalization,
                 gather=gather,
+            )
+        if isinstance(self.combiner, MinNormAdvantages):
+            # MGDA-UB at the ratio: the min-norm point of the (normalised, Noon-clipped)
+            # advantage vectors of the global batch, then one standard PPO surrogate.
+            with (clock or PhaseClock(self.device)).add("combine"):
+                scalar, weights, value = self.combiner(advantages, mask, gather=gather)
+            extra.update(
+                scalar_advantages=scalar,
+                scalar_weights=weights,
+                combine_stats={"pama_ub/min_norm": value},
             )
         if is_pama(self.combiner):
             with (clock or PhaseClock(self.device)).add("combine"):

@@ -39,7 +39,10 @@ class RolloutBatch:
     Tensors ``[B, T]`` (``logprobs``, ``ref_logprobs``, ``mask``, ``kl``) and
     ``[n, B, T]`` (``values``, ``returns``, ``advantages`` = normalised, Noon-clipped when
     the combiner uses Noon); ``s_star[B, T]`` and ``pama_weights[n, B, T]`` only with the
-    PAMA fast path; ``scalar_advantages[B, T]`` only with MORLHF.
+    PAMA fast path; ``scalar_advantages[B, T]`` only with MORLHF, GDPO and "pama_ub", whose
+    per-batch weights ``[n]`` are ``scalar_weights`` ("pama_ub" only; MORLHF's and GDPO's are
+    the combiner's). ``combine_stats``: statistics of the combination, the same on every
+    process (logged as they are).
     """
 
     def __init__(self, rollout: Rollout, scores: torch.Tensor, **tensors: Any):
@@ -54,6 +57,8 @@ class RolloutBatch:
         self.kl: torch.Tensor = tensors["kl"]  # type: ignore[assignment]
         self.s_star = tensors.get("s_star")
         self.scalar_advantages = tensors.get("scalar_advantages")
+        self.scalar_weights = tensors.get("scalar_weights")
+        self.combine_stats: dict[str, float] = tensors.get("combine_stats") or {}
         self.pama_weights = tensors.get("pama_weights")
         self.pama_stats: dict[str, float] = tensors.get("pama_stats") or {}
 
@@ -102,7 +107,7 @@ def policy_loss(
     """The combined policy loss of one mini-batch; its weights [n] and stats.
 
     PAMA fast path: the PPO surrogate with advantage ``s*`` (one backward).
-    MORLHF: the PPO surrogate with the scalarised advantage. Otherwise the n
+    MORLHF, GDPO, "pama_ub": the PPO surrogate with the scalarised advantage. Otherwise the n
     per-objective (Noon, per ``trainer.noon``) PPO losses go to the combiner,
     with ``shared=`` the last hidden states (MGDA-UB), the per-token ratio
     (generic PAMA), or ``params=`` the trainable policy parameters (exact MGDA).
@@ -124,11 +129,14 @@ def policy_loss(
         )
         return loss * scale, None, {}
     if batch.scalar_advantages is not None:
-        # MORLHF: the ordinary PPO surrogate on the one scalarised advantage.
+        # MORLHF, GDPO, "pama_ub": the ordinary PPO surrogate on the one scalarised advantage.
         loss = ppo_surrogate(
             out["logprobs"], anchor, batch.scalar_advantages[idx], mask, cliprange=cfg.cliprange
         )
-        weights = torch.tensor(combiner.weights, dtype=torch.float64)
+        if batch.scalar_weights is not None:
+            weights = batch.scalar_weights.to(torch.float64)
+        else:
+            weights = torch.tensor(combiner.weights, dtype=torch.float64)
         return loss * scale, weights, {}
     advantages = batch.advantages[:, idx]
     requires = getattr(combiner, "requires", None)
@@ -251,7 +259,8 @@ def ppo_update(
                 weight_sum += weights
             n_updates += 1
     out_stats = {k: v / n_updates for k, v in sums.items()}
-    if not trainer.use_pama_fast_path:
+    if not trainer.use_pama_fast_path and batch.scalar_weights is None:
+        # Per-batch weights ("pama_ub") are logged exactly by step_metrics instead.
         mean_w = weight_sum / n_updates
         for i, name in enumerate(trainer.reward_names):
             out_stats[f"weights/{name}"] = float(mean_w[i])

@@ -224,7 +224,8 @@ def task_results(
 
     pama_rates: dict[str, Any] = {}
     for m in methods:
-        if m.startswith("pama"):  # every PAMA variant: its zero, conflict and binding rates
+        # Every PAMA variant: its zero, conflict and binding rates ("pama_ub" has none).
+        if m.startswith("pama") and not m.startswith("pama_ub"):
             curves = methods[m]["curves"]
             pama_rates[m] = {
                 k: v

@@ -42,6 +42,8 @@ METHOD_LABELS = {
     "pama_sample_no_noon": "PAMA per sample, no Noon",
     "pama_batch": "PAMA per batch (Noon)",
     "pama_batch_no_noon": "PAMA per batch, no Noon",
+    "pama_ub": "PAMA-UB: min-norm of advantages (Noon)",
+    "pama_ub_no_noon": "PAMA-UB, no Noon",
     "linear_noon": "Linear of Noon losses",
 }
 TUNING_SEED_OFFSET = 900
@@ -183,6 +185,9 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
       ``sum_i w_i A_i``, standard clipping, no Noon (GDPO's decoupled normalisation);
     * ``pama_sample`` / ``pama_batch`` (and ``*_no_noon``): PAMA with one weight vector per
       response (from its mean advantages) or per batch (from the batch-mean advantages);
+    * ``pama_ub`` / ``pama_ub_no_noon``: MGDA-UB at the PPO ratio, one standard PPO surrogate
+      on ``sum_i c_i A_i`` with ``c`` the min-norm point of the batch's advantage vectors
+      (Noon-clipped, or not);
     * ``linear_noon``: ``sum_i w_i L_i`` of Noon-clipped per-objective PPO losses (the
       demo's old "MORLHF"), a labelled variant.
     """
@@ -196,6 +201,8 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
         if method in (f"pama_{granularity}", f"pama_{granularity}_no_noon"):
             noon = not method.endswith("_no_noon")
             return {"combiner": "pama", "noon": noon, "pama_granularity": granularity}
+    if method in ("pama_ub", "pama_ub_no_noon"):
+        return {"combiner": "pama_ub", "noon": method == "pama_ub"}
     if method == "gdpo":
         return {"combiner": "gdpo", "combiner_weights": w}
     if method == "morlhf":

@@ -22,6 +22,8 @@ COLORS = {
     "pama_sample_no_noon": "#c49c94",
     "pama_batch": "#e377c2",
     "pama_batch_no_noon": "#f7b6d2",
+    "pama_ub": "#bcbd22",
+    "pama_ub_no_noon": "#dbdb8d",
 }
 
 
