@@ -196,6 +196,23 @@ def load_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def check_reward_names(specs: list[str]) -> None:
+    """The names given before ``=`` in the ``--reward`` specs are distinct (unnamed rewards
+    are named after their source and made unique)."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        head, eq, _ = spec.strip().partition("=")
+        if not eq:
+            continue
+        for name in {n.strip() for n in head.split(",") if n.strip()}:
+            if name in seen:
+                raise ValueError(
+                    f"objective name {name!r} is given by two --reward specs ({seen[name]!r} "
+                    f"and {spec!r}); give each objective its own name"
+                )
+            seen[name] = spec
+
+
 def _prompts_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """Training and held-out prompts from --prompts / --dataset and --eval-dataset."""
     from .data import load_prompt_dataset
@@ -290,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
         config = _config_from_args(args)
         prompts, eval_prompts = _prompts_from_args(args)
+        check_reward_names(args.reward)
         rewards = [fn for spec in args.reward for fn in parse_reward_specs(spec)]
         tokenizer = None
         if args.tokenizer:

@@ -86,9 +86,12 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", None)
+        which = f" ({name})" if name else ""
         raise ValueError(
-            "the prompts are conversations but the policy tokenizer has no chat template; "
-            "set tokenizer.chat_template (a Jinja string) or give string prompts"
+            f"the prompts are conversations but the policy tokenizer{which} has no chat "
+            "template; set tokenizer.chat_template (a Jinja string), pass a tokenizer that has "
+            "one, or give string prompts"
         )
     return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
 
@@ -198,7 +201,8 @@ def load_prompt_dataset(
                 ) from exc
             rows = _from_dataset(data, None, column, label)
     elif _is_hf_dataset(source):
-        rows = _from_dataset(source, split, column, "the dataset")
+        label = "the dataset"
+        rows = _from_dataset(source, split, column, label)
     elif isinstance(source, Sequence):
         if split is not None or column is not None:
             raise ValueError("split and column apply to datasets, not to a list of prompts")

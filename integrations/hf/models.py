@@ -22,6 +22,7 @@ __all__ = [
     "build_trainable",
     "check_model_source",
     "combiner_weights",
+    "context_length",
     "eos_token_ids",
     "from_pretrained",
     "generation_config",
@@ -52,6 +53,27 @@ def load_tokenizer(policy: Any, tokenizer: Any) -> Any:
         # Response masks come from the first EOS, so pad == eos is safe here.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+
+
+def context_length(policy: Any) -> int | None:
+    """The positions the policy's config allows (``max_position_embeddings`` or the like),
+    read from the config alone (no weights are loaded); None when it names none."""
+    config = getattr(policy, "config", None)
+    if isinstance(policy, (str, Path)):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(policy), trust_remote_code=False)
+        except (OSError, ValueError):  # loading the policy itself reports it
+            return None
+    for name in _CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def from_pretrained(path: str | Path, dtype: str | None, **extra: Any) -> nn.Module:

@@ -112,12 +112,50 @@ class MultiObjectiveTrainingArguments(TrainingArguments):
         super().__post_init__()
         self.combiner_kwargs = _json_field(self.combiner_kwargs, "combiner_kwargs") or {}
         self.head_modules = _json_field(self.head_modules, "head_modules")
-        make_combiner(self.combiner, **self.combiner_kwargs)  # fail now on a bad name or kwarg
+        # fail now on a bad name or kwarg
+        combiner = make_combiner(self.combiner, **self.combiner_kwargs)
         if self.head_modules is not None and not isinstance(self.head_modules, Mapping):
             raise TypeError("head_modules must map objective names to module names")
+        if self.objectives is not None:
+            names = [str(o) for o in self.objectives]
+            check_objective_count(names, "objectives")
+            if self.head_modules:
+                check_head_objectives(self.head_modules, names)
+            check_weight_count(combiner, names)
 
 
 _DEFAULTS = MultiObjectiveTrainingArguments.__dataclass_fields__
+
+
+def check_objective_count(names: list[str], source: str) -> None:
+    """At least two distinct objectives: one loss needs no combiner."""
+    if len(names) < 2:
+        raise ValueError(
+            f"{source} names {len(names)} objective ({names}); a multi-objective combiner needs "
+            "at least two losses (with one, use transformers.Trainer)"
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{source} repeats the objectives {repeated}")
+
+
+def check_head_objectives(head_modules: Mapping[str, Any], names: list[str]) -> None:
+    unknown = [k for k in head_modules if k not in names]
+    if unknown:
+        raise ValueError(
+            f"head_modules names objectives {unknown} that the losses do not have "
+            f"(objectives: {names})"
+        )
+
+
+def check_weight_count(combiner: Combiner, names: list[str]) -> None:
+    """A combiner with fixed weights (linear, morlhf) has one weight per objective."""
+    weights = getattr(combiner, "weights", None)
+    if weights is not None and len(weights) != len(names):
+        raise ValueError(
+            f"{type(combiner).__name__} has {len(weights)} weights {list(weights)} for "
+            f"{len(names)} objectives {names}: give one weight per objective, in their order"
+        )
 
 
 def _arg(args: TrainingArguments, name: str) -> Any:
@@ -201,8 +239,31 @@ class MultiObjectiveTrainer(Trainer):
         self._train_counts: dict[str, float] = {}
         self._eval_sums: dict[str, float] = {}
         self._eval_counts: dict[str, float] = {}
+        self._check_before_training()
 
     # ---- set-up -----------------------------------------------------------------------
+
+    def _check_before_training(self) -> None:
+        """What can be checked before the first forward: the declared objectives against the
+        combiner's weights, and that every named module exists. The losses themselves (their
+        names, shapes and values) and whether the shared module runs are known only from the
+        first forward pass; they are checked there, before any update."""
+        objectives = _arg(self.args, "objectives")
+        if objectives is not None:
+            check_weight_count(self.combiner, [str(o) for o in objectives])
+        if self.model is None:
+            return
+        root = self._root(self.model)
+        if hasattr(root, "get_submodule"):
+            shared = _arg(self.args, "shared_module")
+            if shared is not None and self._needs_shared:
+                find_module(root, shared, "shared_module")
+            trunk = _arg(self.args, "trunk_module")
+            if trunk is not None:
+                find_module(root, trunk, "trunk_module")
+            for obj, spec in (_arg(self.args, "head_modules") or {}).items():
+                for mod_name in [spec] if isinstance(spec, str) else list(spec):
+                    find_module(root, mod_name, f"head module of objective {obj!r}")
 
     def _combiner_from_args(self) -> Combiner:
         kwargs = dict(_arg(self.args, "combiner_kwargs") or {})
@@ -304,6 +365,13 @@ class MultiObjectiveTrainer(Trainer):
             if capture is not None:
                 capture.__exit__()  # disarmed before any recomputation in backward
         names, losses = named_losses(raw, _arg(self.args, "objectives"), source)
+        if len(names) < 2:
+            raise ValueError(
+                f"{source} gave {len(names)} loss ({names}); a multi-objective combiner needs "
+                "at least two losses (with one, use transformers.Trainer)"
+            )
+        if self._names is None:
+            check_weight_count(self.combiner, names)
         if self._names is not None and names != self._names:
             raise ValueError(
                 f"{source} gave objectives {names}, but earlier steps gave {self._names}; "
@@ -423,6 +491,8 @@ class MultiObjectiveTrainer(Trainer):
                 scaled = declared
             steps = self._accumulation_steps()
             scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is None:
+                self._check_finite(names, losses)
             loss_scale = float(scaler.get_scale()) if scaler is not None else 1.0
             degree = getattr(self.combiner, "loss_scale_degree", 1)
             seen, grad_scale, per_step = _accumulation_split(losses, steps, scaled, degree)
@@ -451,6 +521,20 @@ class MultiObjectiveTrainer(Trainer):
                 return result.loss.detach().to(self.args.device)
             value = sum(float(result.weights[i]) * seen[i].detach() for i in range(len(seen)))
             return (value / per_step).to(self.args.device)
+
+    def _check_finite(self, names: list[str], losses: list[Tensor]) -> None:
+        """A NaN or infinite loss, named, before the combination writes any gradient. (Under
+        a grad scaler a non-finite loss is an fp16 overflow: that step is skipped instead.)"""
+        values = torch.stack([loss.detach().float() for loss in losses])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [(n, float(v)) for n, v in zip(names, values.tolist(), strict=True)]
+        bad = [(n, v) for n, v in bad if not math.isfinite(v)]
+        listed = ", ".join(f"loss {n!r} (objective {names.index(n)}) is {v:g}" for n, v in bad)
+        raise ValueError(
+            f"{listed} at step {self.state.global_step + 1}; no update was made. A loss is "
+            "non-finite for this batch (check its inputs and labels, or lower the learning rate)"
+        )
 
     def _poison_gradients(self, layout: ObjectiveLayout) -> None:
         params = layout.trunk + [p for h in layout.heads or [] for p in h]

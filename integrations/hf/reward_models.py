@@ -204,7 +204,7 @@ class RewardModel:
         if not -n <= label_index < n:
             raise ValueError(
                 f"reward model {self.name_or_path!r} has {n} outputs; "
-                f"label_index {label_index} is out of range"
+                f"label_index {label_index} is out of range (0..{n - 1}, or -{n}..-1)"
             )
         return label_index % n
 
@@ -453,7 +453,11 @@ class RewardHead:
 
     def load(self) -> RewardHead:
         """Load the model now and check the label index (errors before training starts)."""
-        self.reward_model.load().check_label(self.label_index)
+        model = self.reward_model.load()
+        try:
+            model.check_label(self.label_index)
+        except ValueError as exc:
+            raise ValueError(f"reward {self.name!r}: {exc}") from None
         return self
 
     def __call__(
@@ -518,8 +522,15 @@ def parse_reward_model_spec(spec: str, **options: Any) -> list[RewardHead]:
             f"reward spec {spec!r}: {len(names)} names for {len(labels)} labels; "
             "give one name per output, e.g. helpful,verbose=PATH:0,4"
         )
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"reward spec {spec!r}: an output is listed twice")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"reward spec {spec!r}: output {twice[0]} is listed twice")
+    named_twice = sorted({n for n in names if names.count(n) > 1})
+    if named_twice:
+        raise ValueError(
+            f"reward spec {spec!r}: objective name {named_twice[0]!r} is given twice; "
+            "each output needs its own name"
+        )
     model = shared_reward_model(path, **options)
     return [model.head(label, name) for name, label in zip(names, labels, strict=True)]
 

@@ -11,6 +11,7 @@ import torch
 __all__ = [
     "ExchangeTokens",
     "Rollout",
+    "check_prompts_fit",
     "generate_rollout",
     "prompts_as_seen",
     "response_mask",
@@ -119,6 +120,50 @@ def tokenize_prompts(
         empty = [p for p, m in zip(prompts, counts, strict=True) if m == 0]
         raise ValueError(f"prompts tokenized to zero tokens: {empty[:3]!r}")
     return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+
+
+def check_prompts_fit(
+    tokenizer: Any,
+    texts: list[str],
+    context: int | None,
+    max_new_tokens: int,
+    max_prompt_length: int | None = None,
+    add_special_tokens: bool = True,
+    what: str = "prompt",
+) -> None:
+    """Refuse a prompt whose tokens (cut to ``max_prompt_length``) plus ``max_new_tokens``
+    exceed the policy's ``context``: generation would run past its positions. ``texts`` are
+    the rendered prompts, tokenized as :func:`tokenize_prompts` does; the error names the
+    first such row, its length and the sizes."""
+    if context is None:
+        return
+    room = context - max_new_tokens
+    if room < 1:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the policy's "
+            f"context of {context} positions; lower max_new_tokens"
+        )
+    if max_prompt_length is not None and max_prompt_length <= room:
+        return  # every prompt is cut short enough
+    chunk = 1024
+    for lo in range(0, len(texts), chunk):
+        ids = tokenizer(texts[lo : lo + chunk], add_special_tokens=add_special_tokens)["input_ids"]
+        for k, row in enumerate(ids):
+            n = len(row)
+            if n <= room:
+                continue
+            if max_prompt_length is not None and n > max_prompt_length:
+                raise ValueError(
+                    f"{what} row {lo + k} has {n} tokens, cut to max_prompt_length "
+                    f"{max_prompt_length}: max_prompt_length {max_prompt_length} + max_new_tokens "
+                    f"{max_new_tokens} = {max_prompt_length + max_new_tokens} > the policy's "
+                    f"context of {context} positions; set max_prompt_length to at most {room}"
+                )
+            raise ValueError(
+                f"{what} row {lo + k} has {n} tokens: {n} + max_new_tokens {max_new_tokens} = "
+                f"{n + max_new_tokens} > the policy's context of {context} positions; shorten "
+                f"it, or set max_prompt_length (at most {room}) to cut prompts from the left"
+            )
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:

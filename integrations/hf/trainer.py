@@ -54,6 +54,7 @@ from .models import (
     build_combiner,
     build_trainable,
     combiner_weights,
+    context_length,
     eos_token_ids,
     generation_config,
     is_pama,
@@ -65,7 +66,7 @@ from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
 from .reward_models import RewardHead, accepts_tokens, bind_prompt_texts, unique_reward_names
 from .rewards import parse_reward_spec, score_batch
-from .rollout import Rollout, generate_rollout, warn_processed_sampling
+from .rollout import Rollout, check_prompts_fit, generate_rollout, warn_processed_sampling
 from .state import load_training_state, save_checkpoint
 from .update import RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, response_forward
@@ -150,6 +151,7 @@ class MOPPOTrainer:
         self.policy_source = str(policy) if isinstance(policy, (str, Path)) else None
         if is_conversation(self.prompts[0]):
             render_prompts(self.tokenizer, self.prompts[:1])  # no chat template: fail now
+        self._check_prompt_lengths(policy)
         model, self.ref_model = load_policy_and_reference(
             config, policy, self.resume_dir, self.device
         )
@@ -192,6 +194,30 @@ class MOPPOTrainer:
             load_training_state(self, self.resume_dir)  # and the best checkpoint's value
 
     # ------------------------------------------------------------------ setup
+
+    def _check_prompt_lengths(self, policy: Any) -> None:
+        """Every prompt, with its new tokens, fits the policy's context: checked from the
+        policy's config before its weights are loaded."""
+        context = context_length(policy)
+        if context is None:
+            return
+        cfg = self.config
+        pools = [("prompt", self.prompts, cfg.max_new_tokens)]
+        if self.eval_prompts is not None:
+            pools.append(
+                ("eval prompt", self.eval_prompts, cfg.eval_max_new_tokens or cfg.max_new_tokens)
+            )
+        for what, prompts, new_tokens in pools:
+            chat = is_conversation(prompts[0])
+            check_prompts_fit(
+                self.tokenizer,
+                render_prompts(self.tokenizer, prompts),
+                context,
+                new_tokens,
+                cfg.max_prompt_length,
+                add_special_tokens=not chat,
+                what=what,
+            )
 
     def _generation_config(self, *, do_sample: bool, max_new_tokens: int | None = None) -> Any:
         eos = self.eos_token_ids

@@ -65,8 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Fewer reported seeds per method than this leave the paired statistics undefined.
+MIN_SEEDS = 2
+
+
 def configure(args: argparse.Namespace) -> Any:
-    from .protocol import preset
+    """The study's configuration from the command line; a bad value exits naming it, before
+    any artefact is loaded or any run starts."""
+    from .protocol import METHOD_LABELS, preset
 
     config = preset("tiny" if args.tiny else "quick" if args.quick else "full")
     if args.task:
@@ -77,16 +83,31 @@ def configure(args: argparse.Namespace) -> Any:
             name, _, n = part.rpartition("=")
             for t in [name] if name else list(seeds):
                 if t not in seeds:
-                    raise SystemExit(f"--seeds: unknown task {t!r}")
-                seeds[t] = int(n)
+                    raise SystemExit(f"--seeds: unknown task {t!r}; tasks: {sorted(seeds)}")
+                try:
+                    seeds[t] = int(n)
+                except ValueError:
+                    raise SystemExit(f"--seeds: {n!r} is not a number (in {part!r})") from None
         config = replace(config, seeds=seeds)
+    if not args.tune_only:
+        few = {t: config.seeds[t] for t in config.tasks if config.seeds[t] < MIN_SEEDS}
+        for t, n in few.items():
+            raise SystemExit(
+                f"--seeds: task {t} has {n} seed{'s' if n != 1 else ''}; the paired statistics "
+                f"(Wilcoxon tests, bootstrap intervals) need at least {MIN_SEEDS} per method"
+            )
     if args.steps is not None:
         s = args.steps
         config = replace(
             config, steps=s, eval_steps=tuple(sorted({max(1, s // 5), max(1, s // 2), s}))
         )
     if args.methods:
-        config = replace(config, methods=tuple(m.strip() for m in args.methods.split(",")))
+        methods = tuple(m.strip() for m in args.methods.split(","))
+        known = [m for m in METHOD_LABELS if m != "sft"]
+        for method in methods:
+            if method not in known:
+                raise SystemExit(f"--methods: unknown method {method!r}; expected one of {known}")
+        config = replace(config, methods=methods)
     if args.tune_seeds is not None:
         config = replace(config, tune_seeds=args.tune_seeds)
     if args.workers is not None:
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import protocol
     from .analysis import task_results
     from .report import write_report
-    from .tasks import load_task
+    from .tasks import TASK_OBJECTIVES, load_task
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -113,6 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     # Re-analysing finished runs keeps the wall times measured when they ran.
     previous = out / "results.json"
     old_timings = json.loads(previous.read_text()).get("timings", {}) if previous.exists() else {}
+
+    if not (args.tune or args.tune_only):
+        planned = config
+        if args.tuning:
+            chosen = json.loads(Path(args.tuning).read_text())["chosen"]
+            planned = protocol.with_hparams(config, chosen)
+        # Saved runs of another study in --out: refused before any artefact is loaded or any
+        # run starts. (With --tune the settings are known only once tuning chose them; the
+        # runs are then checked after it, as each task's runs are read.)
+        try:
+            for name in config.tasks:
+                jobs = protocol.make_jobs(planned, name, len(TASK_OBJECTIVES[name]))
+                protocol.check_saved_runs(jobs, planned, raw / name)
+        except ValueError as exc:
+            raise SystemExit(f"paretoopt study: {exc}") from None
 
     tuning = None
     if args.tune or args.tune_only:

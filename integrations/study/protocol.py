@@ -295,10 +295,20 @@ def load_run(path: Path, job: dict[str, Any], config: StudyConfig) -> dict[str, 
     ]
     if differ:
         raise ValueError(
-            f"{path} was run with other settings than this study's ({'; '.join(differ)}); "
-            "use a fresh --out or delete the file"
+            f"{path.parent} holds runs of another study: {path.name} was run with other "
+            f"settings than this study's ({'; '.join(differ)}); use a fresh --out or delete "
+            "the file"
         )
     return record
+
+
+def check_saved_runs(jobs: Sequence[dict[str, Any]], config: StudyConfig, raw_dir: Path) -> None:
+    """Every saved run in ``raw_dir`` for ``jobs`` was made with this study's settings
+    (:func:`load_run`); reads JSON only, so it can run before any artefact is loaded."""
+    for job in jobs:
+        path = raw_dir / f"{job_name(job)}.json"
+        if path.exists():
+            load_run(path, job, config)
 
 
 def _trainer_config(config: StudyConfig, task: Any, job: dict[str, Any], out: Path):

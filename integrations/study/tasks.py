@@ -12,6 +12,11 @@ from . import task_support as tsup
 from .artefacts import StudyArtefactConfig, StudyArtefacts, load_or_train
 
 TASK_NAMES = ("sentiment_length", "support_replies")
+#: Each task's objectives, in order (known without loading the task).
+TASK_OBJECTIVES: dict[str, list[str]] = {
+    "sentiment_length": ["sentiment", "length"],
+    "support_replies": ["helpful", "polite", "brief"],
+}
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
 
@@ -73,14 +78,12 @@ def load_task(
     if name == "sentiment_length":
         cfg = ts.SentimentLengthConfig(**settings)
         train, held = ts.split_prompts(cfg)
-        objectives = ["sentiment", "length"]
     else:
         cfg = tsup.SupportRepliesConfig(**settings)
         train, held = tsup.split_prompts(cfg)
-        objectives = ["helpful", "polite", "brief"]
     return Task(
         name=name,
-        objectives=objectives,
+        objectives=list(TASK_OBJECTIVES[name]),
         train_prompts=train,
         eval_prompts=held,
         max_new_tokens=cfg.max_new_tokens,

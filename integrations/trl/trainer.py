@@ -127,6 +127,43 @@ class PAMAGRPOConfig(GRPOConfig):
     )
 
 
+def _reward_func_name(func: Any) -> str:
+    """The name TRL gives a reward function (a model id's last part, a function's name)."""
+    if isinstance(func, str):
+        return func.rstrip("/").split("/")[-1]
+    config = getattr(func, "config", None)
+    if config is not None and getattr(config, "_name_or_path", None):
+        return str(config._name_or_path).rstrip("/").split("/")[-1]
+    return str(getattr(func, "__name__", type(func).__name__))
+
+
+def check_reward_funcs(*args: Any, **kwargs: Any) -> None:
+    """``GRPOTrainer``'s arguments describe a PAMA run: at least two reward functions (the
+    objectives) and, if ``reward_weights`` is given, one weight per function. Checked from
+    the arguments alone, before any model is loaded."""
+    try:
+        bound = inspect.signature(GRPOTrainer.__init__).bind_partial(None, *args, **kwargs)
+    except TypeError:
+        return  # GRPOTrainer itself reports the bad call
+    funcs = bound.arguments.get("reward_funcs")
+    if funcs is None:
+        return
+    funcs = list(funcs) if isinstance(funcs, (list, tuple)) else [funcs]
+    names = [_reward_func_name(f) for f in funcs]
+    if len(funcs) < 2:
+        raise ValueError(
+            f"PAMAGRPOTrainer needs at least two reward functions; got {len(funcs)} "
+            f"({', '.join(repr(n) for n in names) or 'none'}). PAMA combines objectives; with "
+            "one reward use trl.GRPOTrainer"
+        )
+    weights = getattr(bound.arguments.get("args"), "reward_weights", None)
+    if weights is not None and len(weights) != len(funcs):
+        raise ValueError(
+            f"reward_weights has {len(weights)} entries for {len(funcs)} reward functions "
+            f"{names}: give one weight per reward function, in their order"
+        )
+
+
 class PAMAGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose advantage is PAMA's closed form over per-reward advantages.
 
@@ -144,6 +181,7 @@ class PAMAGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, allow_untested_trl: bool = False, **kwargs: Any) -> None:
         check_trl_compatibility(allow_untested=allow_untested_trl)
+        check_reward_funcs(*args, **kwargs)  # before TRL loads any model
         super().__init__(*args, **kwargs)
         self._pama_rewards_per_func: Tensor | None = None
         self.last_pama: dict[str, Tensor] = {}

@@ -197,6 +197,9 @@ def compute_pama_outcome_advantage(
     Returns:
         ``(advantages, returns)``, both ``[B, T]``: :math:`s^*_j` on every response token.
     """
+    # verl hands the algorithm config to an estimator only here, at the first advantage
+    # computation: one reward key or a missing key is refused then, after the first rollout
+    # and before any update (verl's trainers offer no earlier hook for a registered estimator).
     keys = reward_keys_from_config(config)
     if index is None:
         raise ValueError(
