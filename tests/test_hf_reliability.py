@@ -287,3 +287,135 @@ def test_auto_starts_fresh_over_what_a_killed_run_logged(tiny_lm: Path, tmp_path
     history = trainer.train()
     lines = _read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in lines] == [1] and lines[0]["kl"] == history[0]["kl"]
+
+
+# ------------------------------------------------------------------ failing rewards
+
+
+BATCH = ["the film was", "this movie is", "the actor was very", "a story with"]
+
+
+def _fine(prompts, responses):
+    return [0.5] * len(responses)
+
+
+def _bad_on_actor(kind: str):
+    """A reward that goes wrong on the prompt about the actor (index 2 of BATCH)."""
+
+    def reward(prompts, responses):
+        out: list = [0.5] * len(responses)
+        for row, prompt in enumerate(prompts):
+            if "actor" in prompt and kind != "wrong_length":
+                if kind == "raise":
+                    raise ValueError("cannot score this one")
+                out[row] = {"nan": float("nan"), "inf": float("inf"), "text": "n/a"}[kind]
+        return out[:-1] if kind == "wrong_length" else out
+
+    return reward
+
+
+@pytest.mark.parametrize(
+    ("kind", "row", "fragment"),
+    [
+        ("raise", 2, "raised ValueError: cannot score this one"),
+        ("nan", 2, "returned a non-finite value (nan)"),
+        ("inf", 2, "returned a non-finite value (inf)"),
+        ("text", 2, "returned 'n/a' (str), not a number"),
+        ("wrong_length", None, "returned 3 values for 4 responses"),
+    ],
+)
+def test_a_failing_reward_names_itself_the_step_and_the_prompt(
+    kind: str, row: int | None, fragment: str
+) -> None:
+    from paretoopt.integrations.hf.rewards import RewardError, score_batch
+
+    responses = ["good", "bad", "very long", "fun"]
+    fns = [_fine, _bad_on_actor(kind)]
+    with pytest.raises(RewardError) as info:
+        score_batch(fns, ["fine", "judge"], BATCH, responses, step=7)
+    err = info.value
+    assert (err.name, err.index, err.step, err.prompt_index) == ("judge", 1, 7, row)
+    message = str(err)
+    assert message.startswith("reward 'judge' (objective 1) failed at step 7 on ")
+    assert fragment in message
+    if row is None:
+        assert "on the batch of 4 prompts" in message and err.prompt is None
+    else:
+        shown = "on prompt 2 of the batch of 4 (prompt 'the actor was very', response 'very long')"
+        assert shown in message
+        assert err.prompt == "the actor was very"
+
+
+def test_a_raise_on_whole_batches_only_names_no_prompt() -> None:
+    from paretoopt.integrations.hf.rewards import RewardError, score_batch
+
+    seen: list[list[str]] = []
+
+    def batch_only(prompts, responses, prompt_texts):
+        seen.append(list(prompt_texts))
+        if len(prompts) > 1:
+            raise RuntimeError("service unavailable")
+        return [1.0]
+
+    with pytest.raises(RewardError) as info:
+        score_batch([batch_only], ["remote"], BATCH, ["a"] * 4, step=3, prompt_texts=BATCH)
+    assert info.value.prompt_index is None
+    assert "on the batch of 4 prompts: raised RuntimeError: service unavailable (no prompt" in str(
+        info.value
+    )
+    assert seen == [BATCH, *([p] for p in BATCH)]  # each prompt alone, with its own text
+
+
+def _good_rate(prompts, responses):
+    return [r.split().count("good") / max(1, len(r.split())) for r in responses]
+
+
+def test_a_reward_failing_mid_run_keeps_the_last_checkpoint_and_resume_equals_one_run(
+    tiny_lm: Path, tmp_path: Path
+) -> None:
+    from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
+    from paretoopt.integrations.hf.rewards import RewardError
+
+    length = make_length_reward(scale=8, unit="words")
+    calls = {"n": 0}
+
+    def flaky(prompts, responses):  # _good_rate, but NaN on prompt 1 of step 3
+        calls["n"] += 1
+        out = _good_rate(prompts, responses)
+        if calls["n"] == 3:
+            out[1] = float("nan")
+        return out
+
+    def run(out: Path, reward, resume: str | None = None) -> MOPPOTrainer:
+        cfg = MOPPOConfig(
+            steps=4, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6,
+            learning_rate=3e-3, output_dir=str(out), save_every=1, save_final=False,
+            resume_from=resume, progress=False,
+        )  # fmt: skip
+        return MOPPOTrainer(cfg, str(tiny_lm), prompts=PROMPTS, rewards=[length, reward],
+                            reward_names=["len", "good"])  # fmt: skip
+
+    straight = run(tmp_path / "straight", _good_rate)
+    straight.train()
+
+    out = tmp_path / "failing"
+    failing = run(out, flaky)
+    with pytest.raises(RewardError) as info:
+        failing.train()
+    err = info.value
+    assert (err.name, err.step, err.prompt_index) == ("good", 3, 1)
+    assert str(err).startswith("reward 'good' (objective 1) failed at step 3 on prompt 1 of ")
+    assert err.prompt in PROMPTS and repr(err.prompt) in str(err)
+    # The step failed before its update: its checkpoint is not written, the one before is
+    # whole, nothing half-written is left, and the log holds the completed steps only.
+    assert find_latest_checkpoint(out) == out / "checkpoint-2"
+    assert not (out / "checkpoint-3").exists() and not _temporaries(out)
+    assert [m["step"] for m in _read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+    fixed = run(out, _good_rate, resume="auto")
+    assert fixed.global_step == 2
+    history = fixed.train()
+    assert [_comparable(m) for m in history] == [_comparable(m) for m in straight.history]
+    want = straight.unwrapped.state_dict()
+    for key, value in fixed.unwrapped.state_dict().items():
+        assert torch.equal(value, want[key]), key

@@ -63,7 +63,7 @@ from .models import (
 )
 from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
-from .reward_models import RewardHead, accepts_tokens, bind_prompt_texts, unique_reward_names
+from .reward_models import RewardHead, accepts_tokens, unique_reward_names
 from .rewards import parse_reward_spec, score_batch
 from .rollout import Rollout, generate_rollout, warn_processed_sampling
 from .state import drop_lines_after, load_training_state, save_checkpoint
@@ -294,13 +294,15 @@ class MOPPOTrainer:
         tokens = None
         if any(accepts_tokens(fn) for fn in self.reward_fns):
             tokens = rollout.exchange_tokens(self.tokenizer)
-        fns = [bind_prompt_texts(fn, rollout.prompts, tokens) for fn in self.reward_fns]
         scores = score_batch(
-            fns,
+            self.reward_fns,
             self.reward_names,
             rollout.conversations or rollout.prompts,
             rollout.responses,
             step=self.global_step + 1 if step is None else step,
+            prompt_texts=rollout.prompts,
+            tokens=tokens,
+            phase=" (value warm-up)" if step == 0 else "",
         )
         if self.config.reward_clip is not None:
             scores = scores.clamp(-self.config.reward_clip, self.config.reward_clip)
