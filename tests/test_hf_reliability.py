@@ -166,7 +166,7 @@ def _kill_during_write(driver: Driver, argv: list[str], out: Path, nth: int) -> 
     ``nth`` checkpoint write exists. Returns the exit code (0 if the run ended first);
     asserts that a kill left a half-written folder and no checkpoint of that step."""
     before = set(_temporaries(out))
-    pid = driver.start(argv, slow_write=0.5)
+    pid = driver.start(argv, slow_write=1.0)
     seen: list[Path] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
