@@ -8,7 +8,10 @@ Layout of a checkpoint folder::
     rng_state.pt              torch / CUDA / Python / NumPy generator states
     trainer_state.json        step, KL coefficient, reward names, config, metric history
 
-``trainer_state.json`` is written last; a folder without it is not a checkpoint.
+``trainer_state.json`` is written last; a folder without it is not a checkpoint. The
+folder is built as a hidden sibling ``.checkpoint-STEP.tmp-TAG`` and renamed into place,
+so a process killed while writing leaves no ``checkpoint-STEP`` that :func:`find_latest_checkpoint`
+could choose; :func:`clean_interrupted_writes` tidies what such a process left behind.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "STATE_FILE",
     "atomic_write_dir",
     "capture_rng_state",
+    "clean_interrupted_writes",
     "find_latest_checkpoint",
     "is_checkpoint",
     "resolve_resume",
@@ -37,6 +41,10 @@ __all__ = [
 ]
 
 STATE_FILE = "trainer_state.json"
+RESUME_MODES = ("latest", "auto")
+"""``resume_from`` values that name no folder: the newest checkpoint in ``output_dir``
+(``"latest"``: one must exist; ``"auto"``: start fresh when there is none)."""
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<tag>[0-9a-f]{8})")
 
 
 def atomic_write_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -60,10 +68,59 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself on disk (POSIX); a no-op where folders cannot be opened.
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def clean_interrupted_writes(folder: str | Path) -> list[str]:
+    """Finish or remove what :func:`atomic_write_dir` calls killed mid-way left in ``folder``.
+
+    - ``.NAME.tmp-TAG`` alone: a write that never completed; removed.
+    - ``.NAME.old-TAG`` with ``NAME`` missing: the process died between the two renames
+      that replace an existing ``NAME``; the new version ``.NAME.tmp-TAG`` was complete
+      (it is renamed only after it is written and synced), so the replacement is finished;
+      without it the old version is put back.
+    - ``.NAME.old-TAG`` with ``NAME`` present: the replaced version; removed.
+
+    Returns the names acted on. Only for a folder no other process is writing into.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    done: list[str] = []
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    for path in entries:
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or match["kind"] != "old" or not path.exists():
+            continue
+        target = root / match["name"]
+        if not target.exists():
+            newer = root / f".{match['name']}.tmp-{match['tag']}"
+            os.replace(newer if newer.is_dir() else path, target)
+            done.append(target.name)
+    for path in entries:
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is not None and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(path.name)
+    return done
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -94,12 +151,14 @@ def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | None:
-    """The checkpoint folder ``resume_from`` names ("latest": the newest in ``output_dir``)."""
+    """The checkpoint folder ``resume_from`` names: a path, ``"latest"`` (the newest complete
+    ``checkpoint-*`` in ``output_dir``; an error when there is none) or ``"auto"`` (the same,
+    or None, a fresh start, when there is none)."""
     if resume_from is None:
         return None
-    if resume_from == "latest":
+    if resume_from in RESUME_MODES:
         found = find_latest_checkpoint(output_dir)
-        if found is None:
+        if found is None and resume_from == "latest":
             raise FileNotFoundError(
                 f"resume_from='latest' but no complete checkpoint-* in {output_dir}"
             )

@@ -168,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--resume", metavar="DIR", help="checkpoint folder, or 'latest' in --output-dir")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="checkpoint folder; 'latest': the newest complete one in --output-dir; 'auto': "
+        "the same, or start fresh when there is none (for restarted jobs)",
+    )
     p.add_argument(
         "--report-to", nargs="*", help="transformers integrations, e.g. tensorboard wandb"
     )

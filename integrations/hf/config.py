@@ -201,7 +201,9 @@ class MOPPOConfig:
     """Save a checkpoint every this many steps (0: only at the end, if save_final)."""
     save_final: bool = True
     resume_from: str | None = None
-    """A checkpoint folder, or "latest" for the newest ``checkpoint-*`` in output_dir."""
+    """A checkpoint folder; "latest": the newest complete ``checkpoint-*`` in output_dir (an
+    error if there is none); "auto": the same, or a fresh start when there is none (for jobs
+    a scheduler restarts after preemption)."""
     log_jsonl: bool = True
     report_to: list[str] = field(default_factory=list)
     """transformers reporting integrations, e.g. ["tensorboard"]; empty: none."""

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .data import Prompt, is_conversation, render_prompts
-from .reward_models import bind_prompt_texts
 from .rewards import score_batch
 
 if TYPE_CHECKING:
@@ -196,10 +195,12 @@ def evaluate(
         # Scored as in training: on the prompts as the policy saw them (cut to
         # max_prompt_length); conversations as given, with their seen text as prompt_texts.
         texts, responses = generate_seen(trainer, mine, max_new_tokens, do_sample)
-        fns = [bind_prompt_texts(fn, texts) for fn in trainer.reward_fns]
         step_no = trainer.global_step if step is None else step
         scored = mine if is_conversation(mine[0]) else texts
-        scores = score_batch(fns, trainer.reward_names, scored, responses, step=step_no)
+        scores = score_batch(
+            trainer.reward_fns, trainer.reward_names, scored, responses, step=step_no,
+            prompt_texts=texts, phase=" (held-out evaluation)",
+        )  # fmt: skip
         for b, (text, response) in enumerate(zip(texts, responses, strict=True)):
             rows.append({"prompt": text, "response": response, "scores": scores[:, b].tolist()})
     if acc.num_processes > 1:

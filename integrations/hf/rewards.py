@@ -7,17 +7,19 @@ names the function and the step when it is wrong (:class:`RewardError`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 
-from .reward_models import RewardHead, shared_reward_model
+from .reward_models import RewardHead, bind_prompt_texts, shared_reward_model
+from .rollout import ExchangeTokens
 
 __all__ = [
     "NamedReward",
@@ -38,14 +40,27 @@ class RewardFunction(Protocol):
 
 
 class RewardError(RuntimeError):
-    """A reward function raised, or returned the wrong number of values or a
-    non-finite value.  ``name``, ``index`` and ``step`` say which and when."""
+    """A reward function raised, or returned the wrong number of values, a value that is not
+    a number, or NaN / inf. ``name`` and ``index`` say which reward, ``step`` when, and
+    ``prompt_index`` / ``prompt`` on which prompt of the batch (None when no single prompt
+    is to blame, e.g. the wrong number of values)."""
 
-    def __init__(self, message: str, *, name: str, index: int, step: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str,
+        index: int,
+        step: int,
+        prompt_index: int | None = None,
+        prompt: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.name = name
         self.index = index
         self.step = step
+        self.prompt_index = prompt_index
+        self.prompt = prompt
 
 
 def make_length_reward(
@@ -261,55 +276,111 @@ def parse_reward_spec(spec: str) -> Callable[[list[str], list[str]], Sequence[fl
     return RewardModelFunction(path, label, name=name)
 
 
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """A prompt or response as the error shows it: quoted, at most 60 characters."""
+    return repr(_cut(value if isinstance(value, str) else str(value)))
+
+
 def score_batch(
     reward_fns: Sequence[Callable[..., Any]],
     names: Sequence[str],
-    prompts: list[str],
+    prompts: list[Any],
     responses: list[str],
     *,
     step: int,
+    prompt_texts: Sequence[str] | None = None,
+    tokens: ExchangeTokens | None = None,
+    phase: str = "",
 ) -> torch.Tensor:
     """Call every reward function; return scores ``[n, B]`` (float32, CPU).
 
-    Raises :class:`RewardError` naming the function and the step if one raises,
-    returns the wrong number of values, or returns NaN / inf.
+    ``prompt_texts`` and ``tokens`` go to the functions that take them
+    (:func:`~.reward_models.bind_prompt_texts`). Raises :class:`RewardError` naming the
+    function, the step and, where one is to blame, the prompt (its index in the batch and
+    its text) if a function raises, returns something other than one number per response,
+    or returns NaN / inf. To find the prompt a function raised on, it is called again on
+    each prompt alone, in order, until one raises; a function that fails only on whole
+    batches is reported without a prompt.
     """
     batch = len(responses)
+    texts = list(prompt_texts) if prompt_texts is not None else [str(p) for p in prompts]
+
+    def bound(fn: Callable[..., Any], rows: list[int] | None = None) -> Callable[..., Any]:
+        if prompt_texts is None and tokens is None:
+            return fn
+        if rows is None:
+            return bind_prompt_texts(fn, texts, tokens)
+        part = None
+        if tokens is not None:
+            part = dataclasses.replace(
+                tokens,
+                prompt_ids=[tokens.prompt_ids[r] for r in rows],
+                response_ids=[tokens.response_ids[r] for r in rows],
+            )
+        return bind_prompt_texts(fn, [texts[r] for r in rows], part)
+
+    def fail(
+        name: str, index: int, problem: str, row: int | None, cause: BaseException | None = None
+    ) -> NoReturn:
+        if row is None:
+            where = f"the batch of {batch} prompts"
+        else:
+            where = (
+                f"prompt {row} of the batch of {batch} (prompt {_shown(texts[row])}, "
+                f"response {_shown(responses[row])})"
+            )
+        raise RewardError(
+            f"reward {name!r} (objective {index}) failed at step {step}{phase} on {where}: "
+            f"{problem}",
+            name=name,
+            index=index,
+            step=step,
+            prompt_index=row,
+            prompt=None if row is None else texts[row],
+        ) from cause
+
     rows = []
     for index, (fn, name) in enumerate(zip(reward_fns, names, strict=True)):
-        where = f"reward function {name!r} (objective {index}) at step {step}"
         try:
-            values = fn(prompts, responses)
-        except Exception as exc:  # re-raised with the function and step named
-            raise RewardError(
-                f"{where} raised {type(exc).__name__}: {exc}", name=name, index=index, step=step
-            ) from exc
+            values = bound(fn)(prompts, responses)
+        except Exception as exc:  # re-raised with the function, step and prompt named
+            problem = f"raised {type(exc).__name__}: {exc}"
+            culprit = None
+            for row in range(batch):
+                try:
+                    bound(fn, [row])(prompts[row : row + 1], responses[row : row + 1])
+                except Exception:  # this prompt alone fails as well
+                    culprit = row
+                    break
+            if culprit is None and batch > 1:
+                problem += " (no prompt raises when scored alone)"
+            fail(name, index, problem, culprit, exc)
+        if isinstance(values, torch.Tensor):
+            values = values.detach().to("cpu", torch.float64).reshape(-1).tolist()
         try:
-            if isinstance(values, torch.Tensor):
-                flat = values.detach().to("cpu", torch.float64).reshape(-1).tolist()
-            else:
-                flat = [float(v) for v in values]
-        except (TypeError, ValueError) as exc:
-            raise RewardError(
-                f"{where} returned {type(values).__name__}, expected a sequence of {batch} floats",
-                name=name,
-                index=index,
-                step=step,
-            ) from exc
-        if len(flat) != batch:
-            raise RewardError(
-                f"{where} returned {len(flat)} values for {batch} responses",
-                name=name,
-                index=index,
-                step=step,
-            )
-        bad = [i for i, v in enumerate(flat) if not math.isfinite(v)]
-        if bad:
-            raise RewardError(
-                f"{where} returned non-finite values at positions {bad[:8]} (e.g. {flat[bad[0]]})",
-                name=name,
-                index=index,
-                step=step,
-            )
+            if isinstance(values, (str, bytes, dict)):
+                raise TypeError
+            values = list(values)
+        except TypeError:
+            problem = f"returned {type(values).__name__}, expected a sequence of {batch} numbers"
+            fail(name, index, problem, None)
+        if len(values) != batch:
+            fail(name, index, f"returned {len(values)} values for {batch} responses", None)
+        flat = []
+        for row, value in enumerate(values):
+            try:
+                if isinstance(value, (str, bytes)):
+                    raise TypeError
+                number = float(value)
+            except (TypeError, ValueError, RuntimeError):
+                problem = f"returned {_cut(repr(value))} ({type(value).__name__}), not a number"
+                fail(name, index, problem, row)
+            if not math.isfinite(number):
+                fail(name, index, f"returned a non-finite value ({number})", row)
+            flat.append(number)
         rows.append(flat)
     return torch.tensor(rows, dtype=torch.float32)

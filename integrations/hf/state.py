@@ -126,14 +126,18 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
 
 def drop_lines_after(path: Path, step: int) -> None:
     """Keep the JSONL lines of ``path`` whose ``step`` is at most ``step``: later lines
-    belong to the continuation of the run that the resumed one redoes."""
+    belong to the continuation of the run that the resumed one redoes (``step=-1``: none,
+    a fresh start). A line that is not JSON (cut short by a kill) is dropped too."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue  # a line cut short by a process killed while appending it
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

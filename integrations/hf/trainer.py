@@ -38,7 +38,7 @@ from .advantages import (
     normalize_advantages,
     scalarize_advantages,
 )
-from .checkpoint import resolve_resume
+from .checkpoint import RESUME_MODES, clean_interrupted_writes, resolve_resume
 from .config import SCALARISED_COMBINERS, WEIGHTED_COMBINERS, MOPPOConfig
 from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
 from .evaluation import (
@@ -64,10 +64,10 @@ from .models import (
 )
 from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
-from .reward_models import RewardHead, accepts_tokens, bind_prompt_texts, unique_reward_names
+from .reward_models import RewardHead, accepts_tokens, unique_reward_names
 from .rewards import parse_reward_spec, score_batch
 from .rollout import Rollout, check_prompts_fit, generate_rollout, warn_processed_sampling
-from .state import load_training_state, save_checkpoint
+from .state import drop_lines_after, load_training_state, save_checkpoint
 from .update import RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, response_forward
 from .warmup import run_value_warmup
@@ -146,6 +146,11 @@ class MOPPOTrainer:
         if combiner is None and config.combiner in WEIGHTED_COMBINERS:
             combiner_weights(config, self.n_objectives)  # one weight per reward, checked now
 
+        if config.resume_from in RESUME_MODES:
+            # A process killed while writing a checkpoint left a hidden temporary folder.
+            if self.accelerator.is_main_process:
+                clean_interrupted_writes(config.output_dir)
+            self.accelerator.wait_for_everyone()
         self.resume_dir = resolve_resume(config.resume_from, config.output_dir)
         self.tokenizer = load_tokenizer(policy, tokenizer)
         self.policy_source = str(policy) if isinstance(policy, (str, Path)) else None
@@ -192,6 +197,10 @@ class MOPPOTrainer:
         self.best = BestCheckpoint.from_config(config, self.reward_names)
         if self.resume_dir is not None:
             load_training_state(self, self.resume_dir)  # and the best checkpoint's value
+        elif config.resume_from == "auto" and self.accelerator.is_main_process:
+            # A fresh start: lines a run killed before its first checkpoint logged go.
+            for path in (self.metrics_path, self.output_dir / "eval.jsonl"):
+                drop_lines_after(path, -1)
 
     # ------------------------------------------------------------------ setup
 
@@ -311,13 +320,15 @@ class MOPPOTrainer:
         tokens = None
         if any(accepts_tokens(fn) for fn in self.reward_fns):
             tokens = rollout.exchange_tokens(self.tokenizer)
-        fns = [bind_prompt_texts(fn, rollout.prompts, tokens) for fn in self.reward_fns]
         scores = score_batch(
-            fns,
+            self.reward_fns,
             self.reward_names,
             rollout.conversations or rollout.prompts,
             rollout.responses,
             step=self.global_step + 1 if step is None else step,
+            prompt_texts=rollout.prompts,
+            tokens=tokens,
+            phase=" (value warm-up)" if step == 0 else "",
         )
         if self.config.reward_clip is not None:
             scores = scores.clamp(-self.config.reward_clip, self.config.reward_clip)
