@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
     for name in config.tasks:
         start = time.perf_counter()
         task = load_task(name, config.artefact_size, args.cache_dir, progress)
+        print(f"[study] {name}: artefacts in {task.artefacts.root}")
         jobs = protocol.make_jobs(config, name, len(task.objectives))
         pending = [j for j in jobs if not (raw / name / f"{protocol.job_name(j)}.json").exists()]
         runs = protocol.run_jobs(jobs, config, raw / name, args.cache_dir, progress, desc=name)
