@@ -107,6 +107,8 @@ test-all: $(STAMP)
 wheel-check: $(STAMP)
 	PY=$(PY) PIP_FLAGS="$(PIP_FLAGS)" TORCH_VERSION=$(TORCH_VERSION) LOCK=$(LOCK) .ci/wheel_check.sh
 
+# The study's quick form (paretoopt demo = paretoopt study --quick) into demo_out/; DEMO_ARGS
+# takes any study option, e.g. DEMO_ARGS="--seeds 5 --out demo5".
 demo: $(STAMP)
 	$(VENV)/bin/paretoopt demo $(DEMO_ARGS)
 

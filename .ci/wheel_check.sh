@@ -56,7 +56,10 @@ print("wheel-check: imports from", Path(paretoopt.__file__).parent)
 PY
 "$TMP/venv/bin/paretoopt" example
 "$TMP/venv/bin/paretoopt" train --help >/dev/null
-"$TMP/venv/bin/paretoopt" demo --help >/dev/null
+# `paretoopt demo` is the study's quick form: its help says so, and no separate demo package ships.
+"$TMP/venv/bin/paretoopt" demo --help >"$TMP/demo-help.txt"
+grep -q "paretoopt study --quick" "$TMP/demo-help.txt"
+"$VPY" -c 'import importlib.util as u; assert u.find_spec("paretoopt.integrations.demo") is None'
 phase "example, train --help, demo --help"
 "$TMP/venv/bin/paretoopt" bench --quick --out "$TMP/user/bench"
 test -s "$TMP/user/bench/benchmarks.md"

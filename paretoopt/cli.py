@@ -14,9 +14,9 @@ from collections.abc import Sequence
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, extra, help)
     "demo": (
-        "paretoopt.integrations.demo.cli",
+        "paretoopt.integrations.study.demo",
         "hf",
-        "offline sentiment + length alignment: PAMA vs MORLHF vs MGDA-UB, table and plots",
+        "the study's quick form (study --quick): task 1, core methods + GDPO, CIs, plots",
     ),
     "study": (
         "paretoopt.integrations.study.cli",

@@ -117,6 +117,9 @@ def test_cli_and_its_files_are_in_the_wheel(wheel: zipfile.ZipFile) -> None:
     ]
     for module in needed:
         assert f"{wheel_path(module)}.py" in names, f"{module} is missing from the wheel"
+    # `paretoopt demo` is the study's quick form: the old demo package is gone for good.
+    assert _COMMANDS["demo"][0] == "paretoopt.integrations.study.demo"
+    assert not [n for n in names if n.startswith("paretoopt/integrations/demo/")]
 
 
 def _lock(name: str) -> dict[str, str]:

@@ -1,7 +1,13 @@
-"""``paretoopt study`` end to end at its smallest size (hidden ``--tiny``), offline."""
+"""``paretoopt study`` end to end at its smallest size (hidden ``--tiny``), offline.
+
+The end-to-end run goes through ``paretoopt demo``, the study's friendly name: the same
+code path as ``paretoopt study`` (only the preset and the default folder differ).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -11,20 +17,25 @@ pytest.importorskip("matplotlib")
 
 from paretoopt.integrations.hf import MOPPOConfig
 from paretoopt.integrations.study import protocol
-from paretoopt.integrations.study.cli import main
+from paretoopt.integrations.study.cli import build_parser, configure
+
+from paretoopt.cli import main as paretoopt_main
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
+    """``paretoopt demo --tiny``: (out folder, artefact cache, what it printed)."""
     root = tmp_path_factory.mktemp("study")
     out, cache = root / "out", root / "cache"
-    argv = ["--tiny", "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
-    assert main(argv) == 0
-    return out, cache
+    argv = ["demo", "--tiny", "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert paretoopt_main(argv) == 0
+    return out, cache, printed.getvalue()
 
 
 def test_tiny_study_writes_the_promised_results(tiny_study) -> None:
-    out, _ = tiny_study
+    out, _, _ = tiny_study
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"sentiment_length", "support_replies"}
     for name, n_obj, n_front in (("sentiment_length", 2, 3), ("support_replies", 3, 3)):
@@ -56,7 +67,7 @@ def test_tiny_study_writes_the_promised_results(tiny_study) -> None:
 
 
 def test_seeds_are_paired_and_an_interrupted_study_resumes(tiny_study) -> None:
-    out, cache = tiny_study
+    out, cache, _ = tiny_study
     raw = out / "runs" / "sentiment_length"
     runs = {p.name: json.loads(p.read_text()) for p in raw.glob("*.json")}
     pama = runs["sentiment_length-study-pama-0.json"]
@@ -160,3 +171,51 @@ def test_a_saved_run_with_other_settings_is_refused(tmp_path) -> None:
     path.write_text(json.dumps({"job": job, "evals": {}}))  # a file from before the check
     with pytest.raises(ValueError, match=r"without its settings.*delete the file"):
         protocol.run_jobs([job], config, tmp_path, None, progress=False)
+
+
+def test_the_demo_prints_the_table_with_cis_and_where_the_report_is(tiny_study) -> None:
+    out, _, printed = tiny_study
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"].startswith("paretoopt demo --tiny --out ")
+    from paretoopt.integrations.study.report import headline_table
+
+    for name, t in results["tasks"].items():
+        assert headline_table(t) in printed  # the task's table, as the README shows it
+        for kind in ("front", "rates", "reward_kl"):
+            assert str(out / f"{name}_{kind}.png") in printed
+    assert "| PAMA (Noon) | " in printed and "| GDPO (uniform) | " in printed
+    assert f"report: {out / 'study.md'}" in printed
+    assert "wall time: " in printed
+
+
+def test_demo_is_the_quick_study_with_a_default_folder() -> None:
+    demo = build_parser(demo=True).parse_args([])
+    assert demo.out == "demo_out" and demo.quick
+    config = configure(demo)
+    assert config == protocol.preset("quick")
+    # The quick preset: task 1, the core methods and GDPO, enough paired seeds for CIs.
+    assert config.tasks == ("sentiment_length",)
+    assert config.methods == (*protocol.CORE_METHODS, "gdpo")
+    assert config.seeds["sentiment_length"] >= 3 and config.steps < protocol.StudyConfig().steps
+    # `paretoopt demo --quick` (an older command line) is the same run.
+    assert configure(build_parser(demo=True).parse_args(["--quick"])) == config
+    assert configure(build_parser().parse_args(["--quick", "--out", "x"])) == config
+    # The study's options apply to the demo too.
+    fewer = build_parser(demo=True).parse_args(["--seeds", "2", "--methods", "pama,gdpo"])
+    assert configure(fewer).seeds["sentiment_length"] == 2
+    assert configure(fewer).methods == ("pama", "gdpo")
+
+
+def test_demo_help_names_the_outputs(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        paretoopt_main(["demo", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: paretoopt demo")
+    for word in ("--out", "demo_out", "study.md", "_front.png", "_rates.png", "GDPO", "--seeds"):
+        assert word in text, word
+    assert "--tiny" not in text
+    with pytest.raises(SystemExit) as exc:
+        paretoopt_main(["study", "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: paretoopt study")

@@ -45,9 +45,9 @@ def test_sft_corpus_couples_length_and_sentiment_but_keeps_the_minority() -> Non
 def test_graded_classifier_is_monotone_in_positive_content_on_heldout_prompts() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from paretoopt.integrations.demo.artefacts import build_tokenizer
     from paretoopt.integrations.study.artefacts import (
         StudyArtefactConfig,
+        build_tokenizer,
         positive_logits,
         train_graded_classifier,
     )

@@ -1,17 +1,24 @@
 """The study's tiny artefacts (tokenizer, SFT policy, task 1's graded classifier), cached.
 
-The training loops and the caching scheme are the demo's
-(:mod:`paretoopt.integrations.demo.artefacts`): word-level tokenizer, GPT-2-shaped models,
-``save_pretrained`` (safetensors) into ``<cache>/study-<task>-<key>/`` written atomically,
-reloaded through ``from_pretrained(path)``. What is new is the classifier's objective: a soft
-label ``sigmoid(target log-odds)`` instead of a hard one, so that the score is graded (see
-:mod:`.task_sentiment`).
+Each task's artefacts are trained once from its grammar and saved with ``save_pretrained``
+(safetensors) into ``<cache>/study-<task>-<key>/``, where ``key`` hashes every setting that
+changes what is trained; the folder is written atomically (an interrupted run leaves no
+entry). Later runs reload them through the ordinary ``from_pretrained(path)`` route
+(``trust_remote_code=False``), the route a user's real models take.
+
+* tokenizer: word level over the task's vocabulary, wrapped in
+  :class:`~transformers.PreTrainedTokenizerFast`;
+* policy: a GPT-2-shaped causal LM, trained by next-token cross-entropy on the SFT corpus;
+* classifier (task 1): a GPT-2-shaped sequence classifier fit to a soft label
+  ``sigmoid(target log-odds)`` instead of a hard one, so that the score is graded (see
+  :mod:`.task_sentiment`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from paretoopt.integrations.demo import artefacts as demo_art
 from paretoopt.integrations.hf.checkpoint import atomic_write_dir
 
 from . import task_sentiment as ts
@@ -28,11 +34,13 @@ from . import task_support as tsup
 
 #: Bumped whenever the training code changes what a given configuration produces.
 STUDY_ARTEFACT_FORMAT = 1
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
 
 
-@dataclass(frozen=True)
-class _Text:
-    text: str
+def default_cache_dir() -> Path:
+    """``$PARETOOPT_CACHE`` if set, else ``~/.cache/paretoopt/demo``."""
+    env = os.environ.get("PARETOOPT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "paretoopt" / "demo"
 
 
 @dataclass(frozen=True)
@@ -56,20 +64,6 @@ class StudyArtefactConfig:
         payload = json.dumps({"format": STUDY_ARTEFACT_FORMAT, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def as_demo_config(self) -> demo_art.ArtefactConfig:
-        """The demo's training settings with this config's sizes and budgets."""
-        return demo_art.ArtefactConfig(
-            n_embd=self.n_embd,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_positions=self.n_positions,
-            sft_steps=self.sft_steps,
-            rm_steps=self.rm_steps,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-        )
-
 
 @dataclass(frozen=True)
 class StudyArtefacts:
@@ -78,6 +72,103 @@ class StudyArtefacts:
     policy: Path
     reward_model: Path | None
     metrics: dict[str, float]
+
+
+def build_tokenizer(words: Sequence[str]) -> Any:  # -> PreTrainedTokenizerFast
+    """A word-level tokenizer over ``words`` plus ``<pad>``, ``<unk>`` and ``<eos>``.
+
+    Padding is on the left, as decoder-only generation needs.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<eos>",
+        bos_token="<eos>",
+        padding_side="left",
+        model_max_length=64,
+    )
+
+
+def gpt2_config(config: StudyArtefactConfig, tokenizer: Any, **extra: Any) -> Any:
+    """The GPT-2 shape of both models (no dropout), sized by ``config``."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **extra,
+    )
+
+
+def encode(tokenizer: Any, texts: Sequence[str], eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts`` padded on the right (``<eos>`` appended)."""
+    suffix = f" {tokenizer.eos_token}" if eos else ""
+    enc = tokenizer(
+        [t + suffix for t in texts], padding=True, return_tensors="pt", padding_side="right"
+    )
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """``steps`` index batches, reshuffling each epoch."""
+    order = torch.randperm(n, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=generator), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
+def train_sft_policy(
+    config: StudyArtefactConfig, tokenizer: Any, texts: Sequence[str], progress: bool = False
+):
+    """Next-token cross-entropy on ``text <eos>``; returns (model, final loss)."""
+    from tqdm.auto import tqdm
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(config.seed)
+    model = GPT2LMHeadModel(gpt2_config(config, tokenizer))
+    ids, mask = encode(tokenizer, texts, eos=True)
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / config.sft_steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    model.train()
+    loss_value = float("nan")
+    bar = tqdm(
+        batches(len(texts), config.batch_size, config.sft_steps, gen),
+        total=config.sft_steps,
+        desc="SFT policy",
+        disable=not progress,
+    )
+    for idx in bar:
+        out = model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_value = float(out.loss.detach())
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    model.eval()
+    return model, loss_value
 
 
 def train_graded_classifier(
@@ -95,25 +186,24 @@ def train_graded_classifier(
     from tqdm.auto import tqdm
     from transformers import GPT2ForSequenceClassification
 
-    dcfg = config.as_demo_config()
     torch.manual_seed(config.seed + 1)
     model = GPT2ForSequenceClassification(
-        demo_art._gpt2_config(
-            dcfg,
+        gpt2_config(
+            config,
             tokenizer,
             num_labels=2,
             id2label={0: "NEGATIVE", 1: "POSITIVE"},
             label2id={"NEGATIVE": 0, "POSITIVE": 1},
         )
     )
-    ids, mask = demo_art._encode(tokenizer, [t for t, _ in examples], eos=False)
+    ids, mask = encode(tokenizer, [t for t, _ in examples], eos=False)
     soft = torch.sigmoid(torch.tensor([y for _, y in examples], dtype=torch.float32))
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / config.rm_steps)
     gen = torch.Generator().manual_seed(config.seed + 1)
     model.train()
-    batches = demo_art._batches(len(examples), config.batch_size, config.rm_steps, gen)
-    for idx in tqdm(batches, total=config.rm_steps, desc="classifier", disable=not progress):
+    order = batches(len(examples), config.batch_size, config.rm_steps, gen)
+    for idx in tqdm(order, total=config.rm_steps, desc="classifier", disable=not progress):
         logits = model(input_ids=ids[idx], attention_mask=mask[idx]).logits
         loss = F.binary_cross_entropy_with_logits(logits[:, 1] - logits[:, 0], soft[idx])
         loss = loss + config.logit_centering * logits.sum(-1).pow(2).mean()
@@ -128,7 +218,7 @@ def train_graded_classifier(
 
 @torch.no_grad()
 def positive_logits(model: Any, tokenizer: Any, texts: Sequence[str]) -> list[float]:
-    ids, mask = demo_art._encode(tokenizer, list(texts), eos=False)
+    ids, mask = encode(tokenizer, list(texts), eos=False)
     return model(input_ids=ids, attention_mask=mask).logits[:, 1].tolist()
 
 
@@ -136,9 +226,7 @@ def _sentiment_artefacts(config: StudyArtefactConfig, tokenizer: Any, progress: 
     cfg = ts.SentimentLengthConfig(**config.task_config)
     train_prompts, held_prompts = ts.split_prompts(cfg)
     texts = ts.sft_texts(cfg, train_prompts)
-    policy, sft_loss = demo_art.train_sft_policy(
-        config.as_demo_config(), tokenizer, [_Text(t) for t in texts], progress
-    )
+    policy, sft_loss = train_sft_policy(config, tokenizer, texts, progress)
     labelled = ts.labelled_texts(cfg, train_prompts)
     classifier = train_graded_classifier(config, tokenizer, labelled, progress)
     # Held-out check of the grading: mean score per number of positive clauses out of 4.
@@ -160,7 +248,7 @@ def load_or_train(
     progress: bool = False,
 ) -> StudyArtefacts:
     """The cached artefacts of ``config``, trained and saved first if absent."""
-    root = Path(cache_dir) if cache_dir is not None else demo_art.default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"study-{config.task}-{config.cache_key()}"
     has_rm = config.task == "sentiment_length"
 
@@ -179,15 +267,13 @@ def load_or_train(
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if config.task == "sentiment_length":
-        tokenizer = demo_art.build_tokenizer(ts.words())
+        tokenizer = build_tokenizer(ts.words())
         policy, classifier, metrics = _sentiment_artefacts(config, tokenizer, progress)
     elif config.task == "support_replies":
-        tokenizer = demo_art.build_tokenizer(tsup.words())
+        tokenizer = build_tokenizer(tsup.words())
         cfg = tsup.SupportRepliesConfig(**config.task_config)
         texts = tsup.sft_texts(cfg, tsup.split_prompts(cfg)[0])
-        policy, sft_loss = demo_art.train_sft_policy(
-            config.as_demo_config(), tokenizer, [_Text(t) for t in texts], progress
-        )
+        policy, sft_loss = train_sft_policy(config, tokenizer, texts, progress)
         classifier, metrics = None, {"sft_final_loss": sft_loss}
     else:
         raise ValueError(f"unknown task {config.task!r}")

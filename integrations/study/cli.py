@@ -1,6 +1,7 @@
 """``paretoopt study``: PAMA against MORLHF, MGDA-UB and variants, as a powered, paired study.
 
-Offline: the tiny artefacts of both tasks are trained once and cached (like the demo's).
+Offline: the tiny artefacts of both tasks are trained once and cached. ``paretoopt demo`` is
+the same command with ``--quick`` implied and ``--out demo_out`` by default.
 """
 
 from __future__ import annotations
@@ -23,25 +24,50 @@ CHOSEN_HPARAMS; docs/study/tuning.json holds its table); with --tune the grid is
 tuning seeds (900+) and training prompts, and the study then uses what it chose.
 Writes into --out: results.json, study.md, <task>_front.png, <task>_reward_kl.png,
 <task>_rates.png, tuning.json (with --tune) and runs/ (one JSON per run; an interrupted
-study resumes from them).
+study resumes from them). Prints each task's table (means with 95% CIs) and these paths.
 """
 )
 
+DEMO_DESCRIPTION = """\
+The study's quick form (`paretoopt study --quick`): task 1 (sentiment against length), PAMA,
+PAMA without Noon, MORLHF, MGDA-UB and GDPO over 3 paired seeds, a short MORLHF weight sweep,
+all offline on a tiny GPT-2-shaped policy trained once and cached. About 20 s on 2 CPU
+cores once the artefacts are cached; the first run trains them too (under a minute when the
+cores are free).
 
-def build_parser() -> argparse.ArgumentParser:
+Prints the table (held-out means with 95% bootstrap CIs) and writes into --out (default
+demo_out): study.md (the full report), results.json, sentiment_length_front.png (each
+method's mean point against the MORLHF front), sentiment_length_rates.png (PAMA's zero and
+conflict rates over training), sentiment_length_reward_kl.png and runs/. Every option of
+`paretoopt study` applies (--seeds, --steps, --methods, --workers, --cache-dir, ...).
+"""
+
+
+def build_parser(demo: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``paretoopt study``, or of ``paretoopt demo`` (``--quick`` implied)."""
     p = argparse.ArgumentParser(
-        prog="paretoopt study",
-        description=DESCRIPTION,
+        prog="paretoopt demo" if demo else "paretoopt study",
+        description=DEMO_DESCRIPTION if demo else DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--quick", action="store_true", help="task 1, 3 methods x 3 seeds x 40 steps")
+    if demo:
+        p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
+        # Always the quick preset; the flag is accepted so that older command lines still run.
+        p.add_argument("--quick", action="store_true", default=True, help=argparse.SUPPRESS)
+    else:
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument(
+            "--quick",
+            action="store_true",
+            help="task 1, 5 core methods x 3 seeds x 40 steps (what `paretoopt demo` runs)",
+        )
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size
     p.add_argument(
         "--task",
         choices=("sentiment_length", "support_replies"),
         default=None,
-        help="run one task only (default: both; --quick: sentiment_length)",
+        help="run one task only (default: "
+        + ("sentiment_length)" if demo else "both; --quick: sentiment_length)"),
     )
     p.add_argument(
         "--seeds",
@@ -60,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-only", action="store_true", help="stop after tuning")
     p.add_argument("--tune-seeds", type=int, default=None, help="tuning seeds (default 1)")
     p.add_argument("--tuning", default=None, help="a tuning.json whose choice to use")
-    p.add_argument("--cache-dir", default=None, help="artefact cache (default as the demo's)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="artefact cache (default: $PARETOOPT_CACHE or ~/.cache/paretoopt/demo)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -115,13 +145,16 @@ def configure(args: argparse.Namespace) -> Any:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, demo: bool = False) -> int:
+    """Entry point of ``paretoopt study`` (of ``paretoopt demo`` with ``demo``)."""
+    parser = build_parser(demo)
+    args = parser.parse_args(argv)
+    wall = time.perf_counter()
     from transformers.utils import logging as hf_logging
 
     from . import protocol
     from .analysis import task_results
-    from .report import write_report
+    from .report import headline_table, write_report
     from .tasks import TASK_OBJECTIVES, load_task
 
     hf_logging.set_verbosity_error()
@@ -166,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if tuning is not None:
         config = protocol.with_hparams(config, tuning["chosen"])
     results: dict[str, Any] = {
-        "command": "paretoopt study " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": " ".join(
+            [parser.prog, *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))]
+        ),
         "config": config.to_dict(),
         "hparams": asdict(config.hparams),
         "tuning": tuning,
@@ -176,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in config.tasks:
         start = time.perf_counter()
         task = load_task(name, config.artefact_size, args.cache_dir, progress)
+        print(f"[study] {name}: artefacts in {task.artefacts.root}")
         jobs = protocol.make_jobs(config, name, len(task.objectives))
         pending = [j for j in jobs if not (raw / name / f"{protocol.job_name(j)}.json").exists()]
         runs = protocol.run_jobs(jobs, config, raw / name, args.cache_dir, progress, desc=name)
@@ -184,7 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = seconds if pending or name not in old_timings else old_timings[name]
         print(f"[study] {name}: {len(jobs)} runs in {timings[name] / 60:.1f} min")
     write_report(results, out)
-    print(f"[study] wrote {out / 'study.md'} and {out / 'results.json'}")
+    for name, t in results["tasks"].items():
+        print(f"\n{name}: held-out means [95% CI] over seeds at step {max(config.eval_steps)}\n")
+        print(headline_table(t))
+    print(f"report: {out / 'study.md'} (all numbers: {out / 'results.json'})")
+    for name in results["tasks"]:
+        print(f"front plot: {out / f'{name}_front.png'}")
+        print(f"zero-rate plot: {out / f'{name}_rates.png'}")
+        print(f"reward-KL plot: {out / f'{name}_reward_kl.png'}")
+    print(f"wall time: {time.perf_counter() - wall:.0f} s")
     return 0
 
 

@@ -114,13 +114,14 @@ class StudyConfig:
 
 
 def preset(name: str) -> StudyConfig:
-    """``full`` (the reported study), ``quick`` (minutes) or ``tiny`` (the test suite)."""
+    """``full`` (the reported study), ``quick`` (minutes; ``paretoopt demo``) or ``tiny``
+    (the test suite)."""
     if name == "full":
         return StudyConfig()
     if name == "quick":
         return StudyConfig(
             tasks=("sentiment_length",),
-            methods=("pama", "morlhf", "mgda_ub"),
+            methods=(*CORE_METHODS, "gdpo"),
             seeds={"sentiment_length": 3, "support_replies": 2},
             steps=40,
             eval_steps=(20, 40),
@@ -189,7 +190,7 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
       on ``sum_i c_i A_i`` with ``c`` the min-norm point of the batch's advantage vectors
       (Noon-clipped, or not);
     * ``linear_noon``: ``sum_i w_i L_i`` of Noon-clipped per-objective PPO losses (the
-      demo's old "MORLHF"), a labelled variant.
+      MORLHF of an earlier PPO set-up), a labelled variant.
     """
     uniform = [1.0 / n_objectives] * n_objectives
     w = [float(v) for v in (weights if weights is not None else uniform)]

@@ -1,7 +1,9 @@
 """Task 1, ``sentiment_length``: graded sentiment against length, fixed before any reported run.
 
-The review grammar is the demo's (:mod:`paretoopt.integrations.demo.corpus`); what changes
-is what the rewards measure, following what issue 11 found wrong with the demo's task:
+Reviews come from a small grammar: a neutral prompt ("the acting of this film", 132 of them)
+and a continuation of clauses ("was great", "and the plot was dull", "and i loved it"),
+closed by ".". The rewards are built so that neither can be gamed by the policy's cut-off
+or saturated by one adjective:
 
 * **Graded sentiment.** Every clause of the grammar carries exactly one sentiment word
   (an adjective or a verb). The classifier is trained to read the *net amount* of positive
@@ -10,7 +12,8 @@ is what the rewards measure, following what issue 11 found wrong with the demo's
   cross-entropy against the soft label ``sigmoid(target)`` on reviews whose clauses mix
   both polarities, finished and cut at random. As an IMDb classifier does, its POSITIVE
   logit keeps growing with more positive content (here up to four net positive clauses)
-  instead of saturating after the first adjective (the demo's classifier sat at +-1.47).
+  instead of saturating after the first adjective, as a classifier trained on hard
+  labels does (about +-1.47 on this grammar).
   A centring penalty pins ``logit_neg + logit_pos`` at 0, so the POSITIVE logit is half
   the log-odds: within ``[-1.5, 1.5]`` for ``max_logodds = 3``.
 * **Length with headroom.** ``length = min(words, cap) / scale`` with ``cap = 16`` words
@@ -18,9 +21,9 @@ is what the rewards measure, following what issue 11 found wrong with the demo's
   ``max_new_tokens = 32`` tokens: the cap sits at half the budget.
 * **Cut-off responses.** A response that reaches ``max_new_tokens`` without emitting EOS
   scores **0** on length (the tokenizer is word level, so a response of ``max_new_tokens``
-  words is exactly one that never stopped). This removes the demo's exploit, where a
-  rambling cut-off response scored the full cap. The sentiment classifier reads cut-off
-  text as it is (it was trained on prefixes).
+  words is exactly one that never stopped). Otherwise a rambling cut-off response would
+  score the full cap. The sentiment classifier reads cut-off text as it is (it was trained
+  on prefixes).
 * **SFT corpus.** Positive reviews are mostly short (1-2 clauses) and negative ones long
   (3-6 clauses), but ``mixed_rate`` (15%) break the rule, so long positive reviews, which
   are good on both rewards, exist in the SFT policy's support.
@@ -32,16 +35,26 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from paretoopt.integrations.demo.corpus import (
-    ASPECTS,
-    INTENSIFIERS,
-    NEGATIVE_ADJ,
-    NEGATIVE_VERB,
-    POSITIVE_ADJ,
-    POSITIVE_VERB,
-    all_prompts,
-    vocabulary,
-)
+POSITIVE_ADJ = (
+    "great", "wonderful", "brilliant", "superb", "moving", "delightful", "charming",
+    "excellent", "beautiful", "fun", "touching", "clever", "stunning", "lovely",
+)  # fmt: skip
+NEGATIVE_ADJ = (
+    "boring", "awful", "dull", "terrible", "weak", "clumsy", "bland", "painful",
+    "messy", "silly", "tedious", "poor", "flat", "forgettable",
+)  # fmt: skip
+POSITIVE_VERB = ("loved", "enjoyed", "adored", "liked", "admired")
+NEGATIVE_VERB = ("hated", "regretted", "disliked", "resented", "endured")
+INTENSIFIERS = ("really", "truly", "very", "quite", "so")
+ASPECTS = (
+    "acting", "plot", "music", "ending", "cast", "script", "story", "dialogue",
+    "camera work", "pacing", "soundtrack", "direction",
+)  # fmt: skip
+WORKS = ("movie", "film", "show", "picture", "series")
+OPENERS = ("the {aspect} of this {work}", "in this {work} the {aspect}", "overall the {aspect}")
+#: Words of the grammar outside the lists above.
+FUNCTION_WORDS = ("was", "felt", "and", "the", "i", "it", "but", "too", ".", "of", "this", "in",
+                  "overall")  # fmt: skip
 
 POSITIVE_WORDS = frozenset(POSITIVE_ADJ) | frozenset(POSITIVE_VERB)
 NEGATIVE_WORDS = frozenset(NEGATIVE_ADJ) | frozenset(NEGATIVE_VERB)
@@ -69,6 +82,17 @@ class SentimentLengthConfig:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def all_prompts() -> list[str]:
+    """Every prompt the grammar can produce, in a fixed order."""
+    prompts = []
+    for opener in OPENERS:
+        for aspect in ASPECTS:
+            works = WORKS if "{work}" in opener else ("",)
+            for work in works:
+                prompts.append(opener.format(aspect=aspect, work=work))
+    return prompts
 
 
 def split_prompts(cfg: SentimentLengthConfig) -> tuple[list[str], list[str]]:
@@ -184,5 +208,10 @@ def make_length_reward(cfg: SentimentLengthConfig):
 
 
 def words() -> list[str]:
-    """The tokenizer's vocabulary: the demo grammar's words."""
-    return vocabulary()
+    """Every word the grammar can emit, sorted: the tokenizer's vocabulary."""
+    out: set[str] = set(FUNCTION_WORDS)
+    for group in (POSITIVE_ADJ, NEGATIVE_ADJ, POSITIVE_VERB, NEGATIVE_VERB, INTENSIFIERS, WORKS):
+        out.update(group)
+    for aspect in ASPECTS:
+        out.update(aspect.split())
+    return sorted(out)
