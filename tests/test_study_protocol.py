@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -16,7 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
 from paretoopt.integrations.hf import MOPPOConfig
-from paretoopt.integrations.study import protocol
+from paretoopt.integrations.study import protocol, runner, tuning
 from paretoopt.integrations.study.cli import build_parser, configure
 
 from paretoopt.cli import main as paretoopt_main
@@ -78,13 +79,13 @@ def test_seeds_are_paired_and_an_interrupted_study_resumes(tiny_study) -> None:
     ]
     config = protocol.preset("tiny")
     jobs = protocol.make_jobs(config, "sentiment_length", 2)
-    again = protocol.run_jobs(jobs, config, raw, str(cache), progress=False)
+    again = runner.run_jobs(jobs, config, raw, str(cache), progress=False)
     assert again[1] == runs[protocol.job_name(jobs[1]) + ".json"]  # read back, not rerun
 
 
 def test_tuning_picks_the_best_mean_over_methods(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(
-        protocol,
+        tuning,
         "TUNING_GRID",
         {
             "learning_rate": (1e-4, 3e-3),
@@ -94,39 +95,65 @@ def test_tuning_picks_the_best_mean_over_methods(tmp_path, monkeypatch) -> None:
         },
     )
     config = protocol.preset("tiny")
-    tuning = protocol.tune(config, tmp_path / "tuning", str(tmp_path / "cache"), progress=False)
-    assert len(tuning["table"]) == 2
-    scores = [row["score"] for row in tuning["table"]]
-    best = tuning["table"][scores.index(max(scores))]
-    assert tuning["chosen"]["learning_rate"] == best["learning_rate"]
-    for row in tuning["table"]:
+    table = tuning.tune(config, tmp_path / "tuning", str(tmp_path / "cache"), progress=False)
+    assert len(table["table"]) == 2
+    scores = [row["score"] for row in table["table"]]
+    best = table["table"][scores.index(max(scores))]
+    assert table["chosen"]["learning_rate"] == best["learning_rate"]
+    # The criterion averages round 1's core methods only (gdpo is tuned, not scored).
+    assert table["criterion_methods"] == ["pama", "morlhf", "mgda_ub"]
+    assert "gdpo" in table["methods"]
+    for row in table["table"]:
         assert row["score"] == pytest.approx(
-            sum(row["per_method"].values()) / len(tuning["methods"])
+            sum(row["per_method"][m] for m in table["criterion_methods"]) / 3
         )
-    assert tuning["seeds"] == [900]
+    # Each method's own best: the setting with its own best score.
+    for m in table["methods"]:
+        own = max(table["table"], key=lambda row: row["per_method"][m])
+        assert table["per_method"][m]["learning_rate"] == own["learning_rate"]
+    assert table["seeds"] == [900]
 
 
-def test_tuning_is_on_task_1_whatever_task_is_listed_first(tmp_path, monkeypatch) -> None:
-    """docs/study.md: the settings are tuned on task 1. `--tasks support_replies
-    sentiment_length` (or task 2 alone) once tuned on task 2."""
+def test_every_task_is_tuned_on_its_own_and_the_paper_arm_on_task_1(tmp_path, monkeypatch) -> None:
     from dataclasses import replace
 
     from paretoopt.integrations.study import tasks
 
-    seen: list[str] = []
-    monkeypatch.setattr(tasks, "load_task", lambda name, *a, **k: seen.append(name))
+    seen: list[tuple] = []
+    monkeypatch.setattr(tasks, "load_task", lambda name, *a, **k: None)
+    hv = {"sentiment_length": 1.0, "support_replies": 2.0}
 
     def fake_run_jobs(jobs, config, raw_dir, cache_dir, progress, desc=""):
-        seen.extend(j["task"] for j in jobs)
-        return [{"job": j, "evals": {str(j["steps"]): {"per_response_hv": 1.0}}} for j in jobs]
+        seen.extend((j["task"], j.get("arm"), j["method"]) for j in jobs)
+        # Task 2 prefers the grid's first setting, task 1 its last.
+        return [
+            {
+                "job": j,
+                "evals": {
+                    str(j["steps"]): {
+                        "per_response_hv": hv[j["task"]]
+                        * (-j["hparams_index"] if j["task"] == "support_replies" else 1)
+                        * (j["hparams_index"] + 1 if j["task"] == "sentiment_length" else 1)
+                    }
+                },
+            }
+            for j in jobs
+        ]
 
-    monkeypatch.setattr(protocol, "run_jobs", fake_run_jobs)
-    for order in (("support_replies", "sentiment_length"), ("support_replies",)):
-        seen.clear()
-        config = replace(protocol.preset("tiny"), tasks=order)
-        tuning = protocol.tune(config, tmp_path / "t", None, progress=False)
-        assert tuning["task"] == "sentiment_length"
-        assert set(seen) == {"sentiment_length"}
+    monkeypatch.setattr(runner, "run_jobs", fake_run_jobs)
+    config = replace(protocol.preset("tiny"), tasks=("support_replies", "sentiment_length"))
+    record = tuning.tune_study(config, tmp_path / "t", None, progress=False, log=lambda s: None)
+    assert set(record["tasks"]) == {"sentiment_length", "support_replies"}
+    grid = tuning.grid_settings()
+    assert record["chosen"]["support_replies"] == asdict(grid[0])
+    assert record["chosen"]["sentiment_length"] == asdict(grid[-1])
+    assert tuning.chosen_for(record, "support_replies") == asdict(grid[0])
+    assert set(record["per_method"]["support_replies"]) == set(config.methods)
+    assert record["paper"]["task"] == "sentiment_length"
+    assert {m for t, arm, m in seen if arm == "paper"} == set(tuning.PAPER_METHODS)
+    assert {r["ratio_to"] for r in record["paper"]["table"]} == {"ref"}
+    # A record from before per-task tuning: one setting for every task.
+    assert tuning.chosen_for({"chosen": asdict(grid[3])}, "support_replies") == asdict(grid[3])
 
 
 def test_method_definitions_differ_only_in_the_combiner() -> None:
@@ -161,16 +188,19 @@ def test_a_saved_run_with_other_settings_is_refused(tmp_path) -> None:
     record = {"job": job, "settings": protocol.run_settings(job, config), "evals": {}}
     path.write_text(json.dumps(record))
     # Same settings: read back without running anything.
-    assert protocol.run_jobs([job], config, tmp_path, None, progress=False) == [record]
-    changed = replace(config, hparams=replace(config.hparams, kl_coef=0.5), samples_per_prompt=3)
+    assert runner.run_jobs([job], config, tmp_path, None, progress=False) == [record]
+    changed = replace(
+        protocol.with_hparams(config, {**asdict(config.hparams), "kl_coef": 0.5}),
+        samples_per_prompt=3,
+    )
     with pytest.raises(ValueError, match=r"kl_coef.*samples_per_prompt.*fresh --out") as err:
-        protocol.run_jobs([job], changed, tmp_path, None, progress=False)
+        runner.run_jobs([job], changed, tmp_path, None, progress=False)
     assert path.name in str(err.value)
     with pytest.raises(ValueError, match="steps: saved 2, now 5"):
-        protocol.run_jobs([job], replace(config, steps=5), tmp_path, None, progress=False)
+        runner.run_jobs([job], replace(config, steps=5), tmp_path, None, progress=False)
     path.write_text(json.dumps({"job": job, "evals": {}}))  # a file from before the check
     with pytest.raises(ValueError, match=r"without its settings.*delete the file"):
-        protocol.run_jobs([job], config, tmp_path, None, progress=False)
+        runner.run_jobs([job], config, tmp_path, None, progress=False)
 
 
 def test_the_demo_prints_the_table_with_cis_and_where_the_report_is(tiny_study) -> None:
@@ -219,3 +249,61 @@ def test_demo_help_names_the_outputs(capsys) -> None:
         paretoopt_main(["study", "--help"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("usage: paretoopt study")
+
+
+def test_a_tuning_record_runs_own_best_transfer_and_the_paper_arm(tmp_path) -> None:
+    """`paretoopt study --tuning FILE`: each task at its own shared setting, each method at
+    its own best, task 2's transfer row (at task 1's setting) and the paper arm on task 1;
+    every result under the keys other tools read, the verdicts computed from them."""
+    grid = [asdict(h) for h in tuning.grid_settings()]
+    methods = protocol.preset("tiny").methods
+    record = {
+        "criterion": tuning.CRITERION,
+        "tasks": {"sentiment_length": {}, "support_replies": {}},
+        "chosen": {"sentiment_length": grid[5], "support_replies": grid[1]},
+        "per_method": {
+            "sentiment_length": {m: grid[5 if m != "gdpo" else 0] for m in methods},
+            "support_replies": {m: grid[1] for m in methods},
+        },
+        "paper": {"chosen": asdict(tuning.grid_settings(tuning.PAPER_GRID)[2]), "table": []},
+    }
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps(record))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["study", "--tiny", "--tuning", str(path), "--out", str(out), "--cache-dir",
+            str(cache), "--no-progress"]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert paretoopt_main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    t1, t2 = results["tasks"]["sentiment_length"], results["tasks"]["support_replies"]
+    assert t1["hparams"] == grid[5] and t2["hparams"] == grid[1]
+    assert results["tuning"]["per_method"]["support_replies"]["pama"] == grid[1]
+    # Own best: gdpo ran at its own setting, the rest reuse the main runs.
+    own = t1["own_best"]["methods"]
+    assert own["gdpo"]["shared_setting"] is False and own["gdpo"]["hparams"] == grid[0]
+    assert own["pama"]["shared_setting"] is True
+    assert own["pama"]["per_seed"] == t1["methods"]["pama"]["per_seed"][:2]
+    assert (out / "runs/sentiment_length/sentiment_length-own_best-gdpo-1.json").exists()
+    assert all(e["shared_setting"] for e in t2["own_best"]["methods"].values())
+    # Transfer: task 2 at task 1's setting, its own folder; task 1 has none.
+    assert "transfer" not in t1 and t2["transfer"]["hparams"] == grid[5]
+    assert set(t2["transfer"]["methods"]) == {"pama", "morlhf", "mgda_ub"}
+    assert t2["transfer"]["morlhf_front"] == []
+    # The paper arm: its four methods, ratio to the reference and the adaptive controller.
+    paper = t1["paper_setup"]
+    assert set(paper["methods"]) == {"pama", "linear_noon", "morlhf", "mgda_ub"}
+    assert paper["hparams"]["ratio_to"] == "ref"
+    assert set(paper["ordering"]["pairs"]) == {"linear_noon", "morlhf", "mgda_ub"}
+    run = json.loads(
+        (out / "runs/sentiment_length_paper/sentiment_length-study-pama-0-paper.json").read_text()
+    )
+    assert run["settings"]["arm"] == "paper"
+    # The pre-registered verdict: per task and overall.
+    for t in (t1, t2):
+        v = t["verdict"]["variants"]["pama"]
+        assert set(v["joint_success_vs"]) == {"morlhf", "gdpo"}
+        assert isinstance(v["passes"], bool)
+    assert results["verdict"]["tasks"] == ["sentiment_length", "support_replies"]
+    md = (out / "study.md").read_text()
+    for heading in ("own best", "paper's own set-up", "transfer", "pre-registered verdict"):
+        assert heading in md.lower()

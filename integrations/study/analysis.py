@@ -23,6 +23,9 @@ EXTRA_KEYS = (
     "cut_off_rate",
     "response_words",
 )
+#: The methods PAMA (the paper's reading) is compared with in each task's table (the other
+#: PAMA readings are judged by the pre-registered verdict, :mod:`.verdict`).
+PAMA_BASELINES = ("pama_no_noon", "morlhf", "mgda_ub", "gdpo", "linear_noon")
 #: Per-seed quantities that enter PAMA - baseline comparisons besides the objectives.
 COMPARED_EXTRAS = ("joint_success", "per_response_hv", "point_hv", "kl")
 
@@ -157,9 +160,12 @@ def compare(
 
 
 def task_results(
-    task: Any, runs: Sequence[dict[str, Any]], config: dict[str, Any]
+    task: Any, runs: Sequence[dict[str, Any]], config: dict[str, Any], with_front: bool = True
 ) -> dict[str, Any]:
-    """``results["tasks"][task]``: methods, MORLHF front, comparisons, PAMA's rates."""
+    """``results["tasks"][task]``: methods, MORLHF front, comparisons, PAMA's rates.
+
+    ``with_front=False`` (an arm without a weight sweep): no front, not even the uniform
+    weight's point."""
     objectives = list(task.objectives)
     sft_run = next(r for r in runs if r["job"]["kind"] == "sft")
     sft = sft_run["evals"]["0"]
@@ -177,7 +183,8 @@ def task_results(
         if r["job"]["kind"] == "front":
             by_weight.setdefault(tuple(r["job"]["weights"]), []).append(r)
     grid = front_weights(n, config["front_points"][task.name])
-    if "morlhf" in by_method and any(np.allclose(w, uniform, atol=1e-5) for w in grid):
+    has_uniform = any(np.allclose(w, uniform, atol=1e-5) for w in grid)
+    if with_front and "morlhf" in by_method and has_uniform:
         front_seeds = max((len(v) for v in by_weight.values()), default=len(by_method["morlhf"]))
         same = sorted(by_method["morlhf"], key=lambda r: r["job"]["seed"])[:front_seeds]
         by_weight[tuple(uniform)] = same
@@ -189,13 +196,21 @@ def task_results(
         front_seed_points.append([[r["evals"][f][o] for o in objectives] for r in rs])
         point = {o: float(np.mean([r["evals"][f][o] for r in rs])) for o in objectives}
         extras = {k: float(np.mean([r["evals"][f][k] for r in rs])) for k in EXTRA_KEYS}
-        front.append({"weights": list(w), "seeds": len(rs), **point, **extras})
+        front.append(
+            {
+                "weights": list(w),
+                "seeds": len(rs),
+                **point,
+                **extras,
+                "per_seed": front_seed_points[-1],
+            }
+        )
     front_points = [[p[o] for o in objectives] for p in front]
 
     comparisons = {}
     if "pama" in by_method:
         for b in by_method:
-            if b != "pama":
+            if b in PAMA_BASELINES:
                 comparisons[b] = compare(
                     by_method["pama"], by_method[b], objectives, sft, front_points
                 )

@@ -145,6 +145,36 @@ def configure(args: argparse.Namespace) -> Any:
     return config
 
 
+def _arms(config, task, tuning, runs, main, raw, cache_dir, progress) -> dict[str, Any]:
+    """The runs beside a task's main table that a tuning record allows: each method at its
+    own best, the transfer row (task 1's setting on another task) and the paper's arm."""
+    from . import arms, verdict
+    from .tuning import TUNING_TASK, chosen_for
+
+    out: dict[str, Any] = {}
+    if tuning is None:
+        return out
+    name = task.name
+    per_method = tuning.get("per_method", {}).get(name)
+    if config.own_best_seeds and per_method and all(m in per_method for m in main["methods"]):
+        out["own_best"] = arms.own_best(
+            config, task, per_method, runs, main, raw / name, cache_dir, progress
+        )
+    if name != TUNING_TASK and TUNING_TASK in tuning.get("tasks", {}):
+        first = chosen_for(tuning, TUNING_TASK)
+        if first != chosen_for(tuning, name):
+            out["transfer"] = arms.transfer(
+                config, task, first, raw / f"{name}_transfer", cache_dir, progress
+            )
+    if config.paper_seeds and name == TUNING_TASK and tuning.get("paper"):
+        paper = arms.paper_setup(
+            config, task, tuning["paper"]["chosen"], raw / f"{name}_paper", cache_dir, progress
+        )
+        paper["ordering"] = verdict.ordering(paper, baselines=("linear_noon", "morlhf", "mgda_ub"))
+        out["paper_setup"] = paper
+    return out
+
+
 def main(argv: list[str] | None = None, demo: bool = False) -> int:
     """Entry point of ``paretoopt study`` (of ``paretoopt demo`` with ``demo``)."""
     parser = build_parser(demo)
@@ -152,7 +182,8 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
     wall = time.perf_counter()
     from transformers.utils import logging as hf_logging
 
-    from . import protocol
+    from . import protocol, runner, verdict
+    from . import tuning as tuning_mod
     from .analysis import task_results
     from .report import headline_table, write_report
     from .tasks import TASK_OBJECTIVES, load_task
@@ -171,8 +202,10 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
     if not (args.tune or args.tune_only):
         planned = config
         if args.tuning:
-            chosen = json.loads(Path(args.tuning).read_text())["chosen"]
-            planned = protocol.with_hparams(config, chosen)
+            record = json.loads(Path(args.tuning).read_text())
+            for name in config.tasks:
+                chosen = tuning_mod.chosen_for(record, name)
+                planned = protocol.with_hparams(planned, chosen, name)
         # Saved runs of another study in --out: refused before any artefact is loaded or any
         # run starts. (With --tune the settings are known only once tuning chose them; the
         # runs are then checked after it, as each task's runs are read.)
@@ -186,9 +219,14 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
     tuning = None
     if args.tune or args.tune_only:
         start = time.perf_counter()
-        tuning = protocol.tune(config, raw / "tuning", args.cache_dir, progress)
+        tuning = tuning_mod.tune_study(config, raw / "tuning", args.cache_dir, progress)
         seconds = time.perf_counter() - start
-        timings["tuning"] = old_timings.get("tuning", seconds) if seconds < 60 else seconds
+        # Re-tuning from saved runs keeps the wall time measured when they ran.
+        old_tuning = out / "tuning.json"
+        if seconds < 60 and old_tuning.exists():
+            seconds = json.loads(old_tuning.read_text()).get("seconds", seconds)
+        tuning["seconds"] = seconds
+        timings["tuning"] = seconds
         out.mkdir(parents=True, exist_ok=True)
         (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
         print(f"[study] chosen: {tuning['chosen']}")
@@ -197,13 +235,14 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
     elif args.tuning:
         tuning = json.loads(Path(args.tuning).read_text())
     if tuning is not None:
-        config = protocol.with_hparams(config, tuning["chosen"])
+        for name in config.tasks:
+            config = protocol.with_hparams(config, tuning_mod.chosen_for(tuning, name), name)
     results: dict[str, Any] = {
         "command": " ".join(
             [parser.prog, *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))]
         ),
         "config": config.to_dict(),
-        "hparams": asdict(config.hparams),
+        "hparams": {t: asdict(config.hparams_for(t)) for t in config.tasks},
         "tuning": tuning,
         "timings": timings,
         "tasks": {},
@@ -214,11 +253,17 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
         print(f"[study] {name}: artefacts in {task.artefacts.root}")
         jobs = protocol.make_jobs(config, name, len(task.objectives))
         pending = [j for j in jobs if not (raw / name / f"{protocol.job_name(j)}.json").exists()]
-        runs = protocol.run_jobs(jobs, config, raw / name, args.cache_dir, progress, desc=name)
-        results["tasks"][name] = task_results(task, runs, config.to_dict())
+        runs = runner.run_jobs(jobs, config, raw / name, args.cache_dir, progress, desc=name)
+        t = task_results(task, runs, config.to_dict())
+        t["hparams"] = asdict(config.hparams_for(name))
+        t.update(_arms(config, task, tuning, runs, t, raw, args.cache_dir, progress))
+        t["verdict"] = verdict.task_verdict(t)
+        t["ordering"] = verdict.ordering(t)
+        results["tasks"][name] = t
         seconds = time.perf_counter() - start
         timings[name] = seconds if pending or name not in old_timings else old_timings[name]
-        print(f"[study] {name}: {len(jobs)} runs in {timings[name] / 60:.1f} min")
+        print(f"[study] {name}: {len(jobs)} main runs, in all {timings[name] / 60:.1f} min")
+    results["verdict"] = verdict.overall_verdict(results["tasks"])
     write_report(results, out)
     for name, t in results["tasks"].items():
         print(f"\n{name}: held-out means [95% CI] over seeds at step {max(config.eval_steps)}\n")

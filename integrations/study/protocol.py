@@ -7,30 +7,40 @@ schedule in :class:`StudyConfig`); only the combiner fields differ (:func:`metho
 Seed ``s`` of every method starts from the same SFT policy, samples the same prompt order
 and is evaluated with the same sampling seed, so seeds are *paired* across methods.
 
-Hyper-parameters are chosen once by :func:`tune` on *tuning seeds* (900+, never reported)
-and on the *training* prompts (never the held-out ones), by a criterion fixed before any
-run and blind to the method: the mean, over all core methods and tuning seeds, of the
-per-response hypervolume at the last tuning checkpoint. Task 2 reuses task 1's choice.
+Hyper-parameters are chosen by :mod:`.tuning` on *tuning seeds* (900+, never reported) and
+on the *training* prompts (never the held-out ones), for each task on its own, by a criterion
+fixed before any run and blind to the method: the mean, over round 1's core methods and the
+tuning seeds, of the per-response hypervolume at the last tuning checkpoint. The same runs
+give each method's own best setting. Two *arms* exist: the standard one (ratio to the
+rollout policy, fixed KL coefficient) and ``paper`` (ratio to the reference, the adaptive KL
+controller with target 3: the paper's set-up), marked by ``job["arm"]``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import stats
-
+#: Round 1's methods: the tuning criterion averages over them.
 CORE_METHODS = ("pama", "pama_no_noon", "morlhf", "mgda_ub")
+#: The PAMA readings of round 2 (pre-registered in docs/study_preregistration.md).
+PAMA_VARIANTS = (
+    "pama",
+    "pama_no_noon",
+    "pama_sample",
+    "pama_sample_no_noon",
+    "pama_batch",
+    "pama_batch_no_noon",
+    "pama_ub",
+    "pama_ub_no_noon",
+)
+#: The reported study's methods: the variants and the baselines.
+FULL_METHODS = (*PAMA_VARIANTS[:2], "morlhf", "mgda_ub", "gdpo", *PAMA_VARIANTS[2:])
 METHOD_LABELS = {
     "sft": "SFT (start)",
     "pama": "PAMA (Noon)",
@@ -62,20 +72,17 @@ class Hparams:
     advantage_normalization: str = "whiten"
 
 
-#: The grid searched by ``paretoopt study --tune`` (full factorial, 16 settings).
-TUNING_GRID: dict[str, tuple[Any, ...]] = {
-    "learning_rate": (1e-4, 3e-4),
-    "kl_coef": (0.02, 0.1),
-    "ratio_to": ("ref", "old"),
-    "advantage_normalization": ("none", "whiten"),
-}
-
-#: The values ``--tune`` chose (docs/study/tuning.json holds the table that chose them):
-#: the best of the 16 settings on the method-blind criterion, at the grid's larger
-#: learning rate and smaller KL coefficient.
+#: The values ``--tune`` chose (docs/study/tuning.json holds the tables that chose them):
+#: the best of the 16 settings on the method-blind criterion, per task.
 CHOSEN_HPARAMS = Hparams(
     learning_rate=3e-4, kl_coef=0.02, ratio_to="old", advantage_normalization="none"
 )
+CHOSEN_TASK_HPARAMS: dict[str, Hparams] = {
+    "sentiment_length": CHOSEN_HPARAMS,
+    "support_replies": CHOSEN_HPARAMS,
+}
+#: The paper's arm: these trainer settings on top of a run's hyper-parameters.
+PAPER_ARM = {"adaptive_kl": True, "target_kl": 3.0}
 
 
 @dataclass
@@ -101,6 +108,13 @@ class StudyConfig:
     mini_batch_size: int = 8
     ppo_epochs: int = 2
     hparams: Hparams = field(default_factory=lambda: CHOSEN_HPARAMS)
+    """The shared setting of a task not in ``task_hparams``."""
+    task_hparams: dict[str, Hparams] = field(default_factory=lambda: dict(CHOSEN_TASK_HPARAMS))
+    """Each task's shared setting (every method's, in the main table)."""
+    own_best_seeds: int = 0
+    """Seeds per method at its own best tuning setting (0: no own-best runs; needs tuning)."""
+    paper_seeds: int = 0
+    """Seeds per method in the paper's arm on task 1 (0: no such arm; needs tuning)."""
     artefact_size: str = "full"
     workers: int = 2
     # Tuning: seeds 900.. , fewer steps, evaluated on training prompts.
@@ -112,12 +126,16 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def hparams_for(self, task: str) -> Hparams:
+        """``task``'s shared setting."""
+        return self.task_hparams.get(task, self.hparams)
+
 
 def preset(name: str) -> StudyConfig:
     """``full`` (the reported study), ``quick`` (minutes; ``paretoopt demo``) or ``tiny``
     (the test suite)."""
     if name == "full":
-        return StudyConfig()
+        return StudyConfig(methods=FULL_METHODS, front_seeds=5, own_best_seeds=10, paper_seeds=20)
     if name == "quick":
         return StudyConfig(
             tasks=("sentiment_length",),
@@ -147,6 +165,8 @@ def preset(name: str) -> StudyConfig:
             mini_batch_size=4,
             ppo_epochs=1,
             artefact_size="tiny",
+            own_best_seeds=2,
+            paper_seeds=2,
             workers=1,
             tune_seeds=1,
             tune_steps=2,
@@ -254,6 +274,8 @@ def job_name(job: dict[str, Any]) -> str:
         name += "-w" + "_".join(f"{v:.3f}" for v in job["weights"])
     if job.get("hparams_index") is not None:
         name += f"-h{job['hparams_index']}"
+    if job.get("arm"):
+        name += f"-{job['arm']}"
     return name
 
 
@@ -261,8 +283,8 @@ def run_settings(job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
     """Every setting that shapes a run's result beyond its name (task, kind, method, seed,
     weights): saved in each run file and compared when the file is reused."""
     tune = job["kind"] == "tune"
-    hp = Hparams(**job["hparams"]) if "hparams" in job else config.hparams
-    return {
+    hp = Hparams(**job["hparams"]) if "hparams" in job else config.hparams_for(job["task"])
+    settings = {
         "hparams": asdict(hp),
         "steps": job.get("steps", config.steps),
         "eval_steps": sorted(job.get("eval_steps", config.eval_steps)),
@@ -274,6 +296,9 @@ def run_settings(job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
         "samples_per_prompt": config.tune_samples_per_prompt if tune else config.samples_per_prompt,
         "eval_seed": config.eval_seed,
     }
+    if job.get("arm"):
+        settings["arm"] = job["arm"]
+    return settings
 
 
 def load_run(path: Path, job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
@@ -312,288 +337,9 @@ def check_saved_runs(jobs: Sequence[dict[str, Any]], config: StudyConfig, raw_di
             load_run(path, job, config)
 
 
-def _trainer_config(config: StudyConfig, task: Any, job: dict[str, Any], out: Path):
-    from paretoopt.integrations.hf import MOPPOConfig
-
-    hp = Hparams(**job["hparams"]) if "hparams" in job else config.hparams
-    steps = job.get("steps", config.steps)
-    return MOPPOConfig(
-        **method_fields(
-            job["method"] if job["method"] != "sft" else "morlhf",
-            len(task.objectives),
-            job.get("weights"),
-        ),
-        steps=max(steps, 1),
-        batch_size=config.batch_size,
-        mini_batch_size=config.mini_batch_size,
-        ppo_epochs=config.ppo_epochs,
-        max_new_tokens=task.max_new_tokens,
-        learning_rate=hp.learning_rate,
-        kl_coef=hp.kl_coef,
-        adaptive_kl=False,
-        ratio_to=hp.ratio_to,
-        advantage_normalization=hp.advantage_normalization,
-        seed=(TUNING_SEED_OFFSET if job["kind"] == "tune" else 0) + job["seed"],
-        output_dir=str(out),
-        save_final=False,
-        log_jsonl=False,
-        progress=False,
-        cpu=True,
-    )
-
-
-def sequence_kl(trainer: Any, rollout: Any, chunk: int = 128) -> Any:
-    """Per-response KL to the reference, ``sum_t log pi(a_t) - log pi_ref(a_t)``, in chunks
-    larger than the trainer's mini-batch (evaluation batches are hundreds of responses)."""
-    import torch
-    from paretoopt.integrations.hf.value_heads import response_forward
-
-    out = []
-    with torch.no_grad():
-        for lo in range(0, rollout.input_ids.shape[0], chunk):
-            ids = rollout.input_ids[lo : lo + chunk]
-            attn = rollout.attention_mask[lo : lo + chunk]
-            args = (ids, attn, rollout.response_start)
-            lp = response_forward(trainer.policy, *args, temperature=trainer.config.temperature)
-            with trainer.reference_context():
-                ref = response_forward(
-                    trainer.reference_model, *args, temperature=trainer.config.temperature
-                )
-            mask = rollout.mask[lo : lo + chunk].to(lp["logprobs"].dtype)
-            out.append(((lp["logprobs"] - ref["logprobs"]) * mask).sum(1))
-    return torch.cat(out)
-
-
-def evaluate(trainer: Any, task: Any, prompts: Sequence[str], samples: int, seed: int):
-    """Held-out evaluation: rewards, KL to the reference, per-response statistics."""
-    import torch
-
-    batch = [p for p in prompts for _ in range(samples)]
-    torch.manual_seed(seed)
-    rollout = trainer.rollout(batch)
-    kl = sequence_kl(trainer, rollout)
-    fns = task.reward_fns()
-    scores = np.asarray([list(fn(rollout.prompts, rollout.responses)) for fn in fns]).T
-    words = np.asarray([len(r.split()) for r in rollout.responses])
-    out: dict[str, Any] = {o: float(scores[:, i].mean()) for i, o in enumerate(task.objectives)}
-    out.update(
-        kl=float(kl.mean()),
-        joint_success=stats.joint_success(scores, task.success_thresholds),
-        per_response_hv=stats.per_response_hypervolume(scores, task.hv_reference),
-        point_hv=stats.point_hypervolume(scores.mean(0), task.hv_reference),
-        cut_off_rate=float(np.mean(words >= task.max_new_tokens)),
-        response_words=float(words.mean()),
-        samples=[
-            {
-                "prompt": p,
-                "response": r,
-                **{o: float(s) for o, s in zip(task.objectives, row, strict=True)},
-            }
-            for p, r, row in list(zip(rollout.prompts, rollout.responses, scores, strict=True))[
-                ::samples
-            ][:4]
-        ],
-    )
-    return out
-
-
-def run_job(job: dict[str, Any], config: StudyConfig, cache_dir: str | None, work: str):
-    """One PPO run (or the SFT evaluation); returns its evaluations and training curves."""
-    import torch
-    from paretoopt.integrations.hf import MOPPOTrainer
-
-    from .tasks import load_task
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    task = load_task(job["task"], config.artefact_size, cache_dir)
-    tune = job["kind"] == "tune"
-    prompts = task.train_prompts[: config.tune_n_prompts] if tune else task.eval_prompts
-    if not tune and config.n_eval_prompts is not None:
-        prompts = prompts[: config.n_eval_prompts]
-    samples = config.tune_samples_per_prompt if tune else config.samples_per_prompt
-    eval_seed = config.eval_seed + (7919 if tune else 0)
-    trainer = MOPPOTrainer(
-        config=_trainer_config(config, task, job, Path(work) / job_name(job)),
-        policy=str(task.artefacts.policy),
-        prompts=task.train_prompts,
-        rewards=task.reward_fns(),
-        reward_names=task.objectives,
-    )
-    evals: dict[str, Any] = {}
-    curves: list[dict[str, float]] = []
-    if job["kind"] == "sft":
-        evals["0"] = evaluate(trainer, task, prompts, samples, eval_seed)
-    else:
-        steps = job.get("steps", config.steps)
-        checkpoints = set(job.get("eval_steps", config.eval_steps))
-        while trainer.global_step < steps:
-            metrics = trainer.step()
-            curves.append(
-                {
-                    k: round(float(v), 5)
-                    for k, v in metrics.items()
-                    if k in CURVE_KEYS or k.startswith(CURVE_PREFIXES)
-                }
-            )
-            if trainer.global_step in checkpoints:
-                evals[str(trainer.global_step)] = evaluate(
-                    trainer, task, prompts, samples, eval_seed
-                )
-    return {
-        "job": job,
-        "settings": run_settings(job, config),
-        "evals": evals,
-        "curves": curves,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def _init_worker() -> None:
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    torch.set_num_threads(1)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def run_jobs(
-    jobs: Sequence[dict[str, Any]],
-    config: StudyConfig,
-    raw_dir: Path,
-    cache_dir: str | None,
-    progress: bool = True,
-    desc: str = "runs",
-) -> list[dict[str, Any]]:
-    """Run ``jobs`` on ``config.workers`` processes (one torch thread each).
-
-    Each finished run is written to ``raw_dir/<job>.json`` at once, and a run whose file
-    exists is not run again, so an interrupted study resumes where it stopped; a file made
-    with other settings (:func:`run_settings`) raises instead of being reused.
-    """
-    from tqdm.auto import tqdm
-
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    work = str(raw_dir / "_work")
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for job in jobs:
-        path = raw_dir / f"{job_name(job)}.json"
-        if path.exists():
-            results[job_name(job)] = load_run(path, job, config)
-        else:
-            todo.append(job)
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, disable=not progress)
-
-    def done(result: dict[str, Any]) -> None:
-        name = job_name(result["job"])
-        (raw_dir / f"{name}.json").write_text(json.dumps(result))
-        results[name] = result
-        bar.update(1)
-
-    try:
-        if config.workers <= 1:
-            for job in todo:
-                done(run_job(job, config, cache_dir, work))
-        else:
-            os.environ.setdefault("OMP_NUM_THREADS", "1")
-            ctx = get_context("spawn")
-            with ProcessPoolExecutor(config.workers, ctx, initializer=_init_worker) as pool:
-                futures = [pool.submit(run_job, j, config, cache_dir, work) for j in todo]
-                for fut in as_completed(futures):
-                    done(fut.result())
-    finally:
-        bar.close()
-    return [results[job_name(j)] for j in jobs]
-
-
-# -------------------------------------------------------------------------- tuning
-
-
-def grid_settings(grid: dict[str, Sequence[Any]] | None = None) -> list[Hparams]:
-    grid = grid or TUNING_GRID
-    keys = list(grid)
-    return [
-        Hparams(**dict(zip(keys, values, strict=True)))
-        for values in itertools.product(*(grid[k] for k in keys))
-    ]
-
-
-#: The task the hyper-parameters are tuned on (task 1), whatever ``--tasks`` lists first.
-TUNING_TASK = "sentiment_length"
-
-
-def tune(
-    config: StudyConfig,
-    raw_dir: Path,
-    cache_dir: str | None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Choose the hyper-parameters on task 1's tuning seeds; return the whole table.
-
-    Always task 1 (:data:`TUNING_TASK`), whatever the order or choice of ``config.tasks``.
-
-    Score of a setting: the mean over the core methods and the tuning seeds of the
-    per-response hypervolume at the last tuning step (training prompts, own sampling seed).
-    Ties break toward the earlier setting of the grid.
-    """
-    from .tasks import load_task
-
-    task_name = TUNING_TASK
-    load_task(task_name, config.artefact_size, cache_dir, progress)
-    settings = grid_settings()
-    methods = available_methods(CORE_METHODS)
-    jobs = [
-        {
-            "task": task_name,
-            "kind": "tune",
-            "method": m,
-            "seed": s,
-            "hparams": asdict(hp),
-            "hparams_index": i,
-            "steps": config.tune_steps,
-            "eval_steps": [config.tune_steps],
-        }
-        for i, hp in enumerate(settings)
-        for m in methods
-        for s in range(config.tune_seeds)
-    ]
-    log(
-        f"[study] tuning: {len(settings)} settings x {len(methods)} methods x "
-        f"{config.tune_seeds} seeds x {config.tune_steps} steps"
-    )
-    runs = run_jobs(jobs, config, raw_dir, cache_dir, progress, desc="tuning")
-    table = []
-    for i, hp in enumerate(settings):
-        per_method = {}
-        for m in methods:
-            vals = [
-                r["evals"][str(config.tune_steps)]["per_response_hv"]
-                for r in runs
-                if r["job"]["hparams_index"] == i and r["job"]["method"] == m
-            ]
-            per_method[m] = float(np.mean(vals))
-        table.append(
-            {
-                **asdict(hp),
-                "score": float(np.mean(list(per_method.values()))),
-                "per_method": per_method,
-            }
-        )
-    best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
-    return {
-        "criterion": "mean over core methods and tuning seeds of the per-response "
-        "hypervolume at the last tuning step, on training prompts",
-        "task": task_name,
-        "seeds": [TUNING_SEED_OFFSET + s for s in range(config.tune_seeds)],
-        "steps": config.tune_steps,
-        "methods": methods,
-        "table": table,
-        "chosen": {k: table[best][k] for k in asdict(settings[best])},
-    }
-
-
-def with_hparams(config: StudyConfig, chosen: dict[str, Any]) -> StudyConfig:
-    return replace(config, hparams=Hparams(**chosen))
+def with_hparams(config: StudyConfig, chosen: dict[str, Any], task: str | None = None):
+    """``config`` with ``chosen`` as the shared setting of ``task`` (of every task if None)."""
+    hp = Hparams(**chosen)
+    if task is None:
+        return replace(config, hparams=hp, task_hparams={t: hp for t in config.task_hparams})
+    return replace(config, task_hparams={**config.task_hparams, task: hp})

@@ -227,12 +227,24 @@ def tuning_table(tuning: Mapping[str, Any]) -> list[str]:
 
 
 def study_markdown(results: Mapping[str, Any]) -> str:
+    from .report_arms import (
+        ordering_lines,
+        own_best_lines,
+        setting,
+        tuning_lines,
+        verdict_lines,
+    )
+
     cfg = results["config"]
+    hparams = results.get("hparams", {})
+    if hparams and not all(isinstance(v, dict) for v in hparams.values()):
+        hparams = {n: hparams for n in results["tasks"]}  # one setting for every task
     out = [
         "# Study: PAMA against the standard baselines",
         "",
-        f"Command: `{results['command']}`. Hyper-parameters (identical for every method): "
-        + ", ".join(f"{k} = {v}" for k, v in cfg["hparams"].items())
+        f"Command: `{results['command']}`. Shared hyper-parameters (identical for every "
+        "method of a task): "
+        + "; ".join(f"{n}: {setting(hp)}" for n, hp in hparams.items())
         + f"; batch {cfg['batch_size']}, mini-batch {cfg['mini_batch_size']}, "
         f"{cfg['ppo_epochs']} PPO epochs, fixed KL coefficient, {cfg['steps']} steps, "
         f"checkpoints {cfg['eval_steps']}. Wall time: "
@@ -240,15 +252,17 @@ def study_markdown(results: Mapping[str, Any]) -> str:
         + f" on {cfg['workers']} worker processes.",
         "",
     ]
-    tuning = results.get("tuning")
-    if tuning:
+    verdict = verdict_lines(results)
+    if verdict:
         out += [
-            f"## Tuning ({tuning['task']}, seeds {tuning['seeds']}, {tuning['steps']} steps; "
-            "never reported below)",
+            "## The pre-registered verdict (docs/study_preregistration.md)",
             "",
-            f"Criterion, fixed in advance: {tuning['criterion']}.",
+            "A PAMA reading passes on a task if its mean point is not dominated by the MORLHF "
+            "front beyond the uncertainty of both, and its per-response joint success is above "
+            "uniform MORLHF's and GDPO's (positive mean paired difference, Wilcoxon p < 0.05 "
+            "after Holm over the task's (reading, baseline) pairs).",
             "",
-            *tuning_table(tuning),
+            *verdict,
             "",
         ]
     for name, t in results["tasks"].items():
@@ -269,6 +283,8 @@ def study_markdown(results: Mapping[str, Any]) -> str:
             "",
             *comparisons_table(t),
             "",
+            *ordering_lines(t.get("ordering", {}), t["objectives"], "under this set-up"),
+            "",
             "### At matched KL",
             "",
             *matched_kl_table(t),
@@ -286,6 +302,31 @@ def study_markdown(results: Mapping[str, Any]) -> str:
             f"![zero rate]({name}_rates.png)",
             "",
         ]
+        if t.get("own_best"):
+            out += [f"### Each method at its own best setting ({name})", "",
+                    *own_best_lines(t), ""]  # fmt: skip
+        if t.get("transfer"):
+            tr = t["transfer"]
+            out += [
+                f"### The transfer row ({name} at task 1's setting: {setting(tr['hparams'])})",
+                "",
+                *methods_table(tr),
+                "",
+            ]
+        if t.get("paper_setup"):
+            ps = t["paper_setup"]
+            out += [
+                f"### The paper's own set-up ({name}: ratio to the reference, Noon for PAMA "
+                f"and linear_noon, adaptive KL controller with target 3; {setting(ps['hparams'])})",
+                "",
+                *methods_table(ps),
+                "",
+                *ordering_lines(ps["ordering"], t["objectives"], "under the paper's set-up"),
+                "",
+            ]
+    tuning = results.get("tuning")
+    if tuning:
+        out += ["## Tuning (seeds 900+, never reported above)", "", *tuning_lines(tuning)]
     return "\n".join(out)
 
 
