@@ -296,8 +296,23 @@ class TorchJD(Combiner):
             raise ValueError(f"{self.name} was built for n_tasks={expected} but got {n} losses")
 
     @property
+    def source(self) -> Any:
+        """What the combiner was built from: the torchjd object, or the function ``n -> one``
+        not yet called."""
+        return self.method if self._builder is None else self._builder
+
+    @property
     def requires(self) -> str:  # type: ignore[override]
         return self.mode
+
+    @property
+    def vector_update(self) -> bool:
+        r"""Whether ``result.loss`` backpropagates a vector from ``z`` or into the parameters
+        (a Jacobian aggregator, or ``route="jacobian"``) rather than :math:`\sum_i w_i L_i`:
+        then only what lies before ``z`` (or in ``params``) receives a gradient, as with PAMA."""
+        spec = ZOO.get(self.name)
+        kind = getattr(self, "kind", spec.kind if spec is not None else None)
+        return self.route == "jacobian" or kind == "jacobian"
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -425,6 +440,8 @@ class TorchJD(Combiner):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (applied at the first call if the method is
         built lazily)."""
+        if not state:  # a checkpoint taken before the first step: nothing to restore
+            return
         if self.method is None:
             self._pending_state = dict(state)
             return
