@@ -16,19 +16,19 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 pytest.importorskip("torchjd")
 
-from hf_fixtures import make_tiny_lm  # noqa: E402
-from mo_fixtures import build_two_task, load_two_task, two_task_data  # noqa: E402
-from paretoopt.integrations.hf import (  # noqa: E402
+from hf_fixtures import make_tiny_lm
+from mo_fixtures import build_two_task, load_two_task, two_task_data
+from paretoopt.integrations.hf import (
     MOPPOConfig,
     MultiObjectiveTrainer,
     MultiObjectiveTrainingArguments,
 )
-from paretoopt.integrations.hf.cli import _config_from_args, build_parser  # noqa: E402
-from paretoopt.integrations.hf.state import COMBINER_FILE  # noqa: E402
-from test_hf_trainer import comparable, make_config, make_trainer, params_of  # noqa: E402
+from paretoopt.integrations.hf.cli import _config_from_args, build_parser
+from paretoopt.integrations.hf.state import COMBINER_FILE
+from test_hf_trainer import comparable, make_config, make_trainer, params_of
 
-from paretoopt import TorchJD  # noqa: E402
-from paretoopt.zoo import ZOO_NAMES  # noqa: E402
+from paretoopt import TorchJD
+from paretoopt.zoo import ZOO_NAMES
 
 pytestmark = pytest.mark.hf
 
@@ -83,7 +83,7 @@ def test_moppo_resumes_a_stateful_zoo_combiner_exactly(tiny_lm: Path, tmp_path: 
         assert torch.equal(end_a[key], end_b[key]), key
     # without its state the same checkpoint cannot resume that run exactly: refused
     (ckpt / COMBINER_FILE).unlink()
-    with pytest.raises(ValueError, match="has no combiner.pt.*keeps a state"):
+    with pytest.raises(ValueError, match=r"has no combiner.pt.*keeps a state"):
         make_trainer(tiny_lm, make_config(tmp_path / "b", steps=4, resume_from=str(ckpt), **kw))
 
 
