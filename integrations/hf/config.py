@@ -71,8 +71,8 @@ class MOPPOConfig:
       "alignedmtl", "gradvac", "fairgrad", "config", ...): that torchjd aggregator on the n
       per-objective PPO losses (Noon per ``noon``), by default over the policy's last hidden
       states as "mgda_ub" (``combiner_kwargs={"mode": "params"}``: over the trainable
-      parameters, as "mgda"); other ``combiner_kwargs`` go to the torchjd class
-      (docs/zoo.md). A stateful one (GradVac, PCD, Nash-MTL) is saved in each checkpoint.
+      parameters, as "mgda"); other ``combiner_kwargs`` go to the torchjd class (docs/api.md,
+      "The torchjd zoo"). A stateful one (GradVac, PCD, Nash-MTL) is saved in each checkpoint.
     """
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)
     """Passed to ``paretoopt.make_combiner``, e.g. ``{"weights": [0.5, 0.5]}``."""
