@@ -312,9 +312,14 @@ class MOPPOConfig:
                     f"mini_batch_size ({self.mini_batch_size})"
                 )
             if self.combiner in GRADIENT_COMBINERS and self.micro_batch_size < self.mini_batch_size:
+                what = (
+                    "MGDA's min-norm weights"
+                    if self.combiner in ("mgda", "mgda_ub")
+                    else "the torchjd method's weights"
+                )
                 raise ValueError(
-                    f"MOPPOConfig.micro_batch_size with combiner={self.combiner!r}: its "
-                    "weights need the whole mini-batch's gradients, so accumulating "
+                    f"MOPPOConfig.micro_batch_size with combiner={self.combiner!r}: {what} "
+                    "need the whole mini-batch's gradients, so accumulating "
                     "micro-batches would change the update; lower mini_batch_size instead"
                 )
         if self.eval_every < 0 or self.eval_samples < 0:
