@@ -23,6 +23,13 @@ Then the combiners:
   decompose over processes: :class:`DistributedMGDA` all-reduces the ``[n, d]`` Jacobian
   (n times the traffic of one DDP step) before the Gram matrix and the min-norm solve.
   MGDA-UB only needs the n x n Gram matrices of the shared tensor summed.
+* **The torchjd zoo** (:class:`paretoopt.TorchJD`) follows MGDA: :class:`DistributedTorchJD`
+  solves a Gramian weighting on the global Gram matrix (summed over processes for a shared
+  tensor, of the all-reduced Jacobian over parameters) and hands a matrix weighting or a
+  Jacobian aggregator the all-reduced Jacobian (parameters only: over a shared tensor the
+  global Jacobian is spread over the processes, so those are refused). Rank 0's weights (or
+  vector) are broadcast, so that a random method (PCGrad, GradVac, GradDrop) takes one step
+  everywhere; a stateful method's checkpointed state is rank 0's.
 
 Every function here is a no-op on one process (``torch.distributed`` not initialised), so
 the same training code runs with and without a launcher.
@@ -36,10 +43,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from paretoopt import MGDA, Combiner, gram_matrix
+from paretoopt import MGDA, Combiner, TorchJD, gram_matrix
+from paretoopt.zoo import ZOO
 
 __all__ = [
     "DistributedMGDA",
+    "DistributedTorchJD",
     "all_reduce_mean",
     "all_reduce_sum",
     "dp_loss_scale",
@@ -217,3 +226,68 @@ class DistributedMGDA(Combiner):
         gram = self.global_gram(losses, shared, params)
         loss_values = all_reduce_mean(torch.stack([loss.detach() for loss in losses]), self.group)
         return self.mgda.from_gram(losses, gram, list(loss_values.unbind()))
+
+
+class DistributedTorchJD(TorchJD):
+    r"""A :class:`paretoopt.TorchJD` combiner on the *global* batch under data parallelism.
+
+    Built from a single-process one (``DistributedTorchJD(make_combiner("upgrad"))``) and
+    called, like :class:`DistributedMGDA`, with this process's losses scaled by
+    :func:`dp_loss_scale`:
+
+    * a Gramian weighting (UPGrad, CAGrad, PCGrad, ...) solves on
+      :math:`\frac1{W^2}\sum_r J_r J_r^T` (shared tensor: n^2 numbers) or on
+      :math:`\bar J \bar J^T` with the all-reduced :math:`\bar J` (parameters: n d numbers);
+    * a matrix weighting (Nash-MTL, ExcessMTL, Random) or a Jacobian aggregator (GradDrop,
+      ConFIG, TrimmedMean) reads :math:`\bar J`: parameters only, refused over a shared tensor.
+
+    The weights (or the vector) of rank 0 are broadcast, so every process takes one update;
+    on one process it equals the combiner it was built from.
+    """
+
+    def __init__(self, combiner: TorchJD, group: dist.ProcessGroup | None = None) -> None:
+        if not isinstance(combiner, TorchJD):
+            raise TypeError(f"DistributedTorchJD wraps a TorchJD, got {type(combiner).__name__}")
+        self.group = group
+        self._device: torch.device | None = None
+        spec = ZOO.get(combiner.name)
+        if spec is not None:
+            self._check_kind(spec.kind, combiner.mode, combiner.route, combiner.name)
+        super().__init__(
+            combiner.source, mode=combiner.mode, route=combiner.route, name=combiner.name
+        )
+        state = combiner.state_dict()
+        if state:
+            self.load_state_dict(state)
+
+    @staticmethod
+    def _check_kind(kind: str, mode: str, route: str, name: str) -> None:
+        if mode == "shared" and (kind != "gramian" or route == "jacobian"):
+            raise ValueError(
+                f"{name} reads the Jacobian itself, and over a shared tensor the global Jacobian "
+                "is spread over the processes (each holds its own samples' rows of z): under "
+                "data parallelism use mode='params', or a Gramian method (upgrad, cagrad, ...)"
+            )
+
+    def _adopt(self, method: Any) -> None:
+        super()._adopt(method)
+        self._check_kind(self.kind, self.mode, self.route, self.name)
+
+    def reduce_gram(self, jac: Tensor) -> Tensor:
+        self._device = jac.device
+        if self.mode == "params":
+            return gram_matrix(all_reduce_mean(jac, self.group)).cpu()
+        w = dist.get_world_size(self.group) if is_distributed() else 1
+        return (all_reduce_sum(gram_matrix(jac), self.group) / (w * w)).cpu()
+
+    def reduce_jacobian(self, jac: Tensor) -> Tensor:
+        self._device = jac.device
+        return all_reduce_mean(jac, self.group)
+
+    def agree(self, x: Tensor) -> Tensor:
+        if not is_distributed():
+            return x
+        out = x.detach().to(self._device if self._device is not None else x.device).clone()
+        dist.broadcast(out, src=dist.get_global_rank(self.group, 0) if self.group else 0,
+                       group=self.group)  # fmt: skip
+        return out.to(x.device)

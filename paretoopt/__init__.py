@@ -8,7 +8,7 @@ scalarization, behind one interface::
     result.loss.backward()
 """
 
-from . import functional, losses, pareto
+from . import functional, losses, pareto, zoo
 from .combiners import (
     MGDA,
     NORMALIZATIONS,
@@ -16,6 +16,7 @@ from .combiners import (
     Combiner,
     CombineResult,
     LinearScalarization,
+    TorchJD,
     make_combiner,
 )
 from .functional import (
@@ -47,6 +48,7 @@ __all__ = [
     "Combiner",
     "LinearScalarization",
     "MinNormResult",
+    "TorchJD",
     "__version__",
     "combine_and_backward",
     "dominates",
@@ -71,4 +73,5 @@ __all__ = [
     "ppo_surrogate",
     "project_simplex",
     "ratio",
+    "zoo",
 ]

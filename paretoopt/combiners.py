@@ -17,7 +17,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -33,6 +33,9 @@ from .functional import (
     pama_closed_form,
 )
 
+if TYPE_CHECKING:
+    from .zoo import TorchJD
+
 Normalization = Literal["none", "l2", "loss", "loss+"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
 
@@ -43,6 +46,7 @@ __all__ = [
     "CombineResult",
     "Combiner",
     "LinearScalarization",
+    "TorchJD",
     "make_combiner",
 ]
 
@@ -55,14 +59,16 @@ class CombineResult:
         loss: scalar tensor; call ``.backward()`` on it once. Its value is
             :math:`\\sum_i w_i L_i` with the (mean) weights below.
         weights: ``[n]`` float64, the weight given to each objective (for PAMA the mean of
-            the per-element weights). On the simplex for PAMA and MGDA.
-        stats: scalar diagnostics for logging (min-norm value, conflict rate, ...).
+            the per-element weights). On the simplex for PAMA and MGDA. ``None`` for a torchjd
+            aggregator that has no weights (GradDrop, ConFIG, TrimmedMean: :mod:`.zoo`).
+        stats: scalar diagnostics for logging (min-norm value, conflict rate, ...); a zoo
+            combiner adds the torchjd method's name under ``"torchjd"`` (a string).
         element_weights: PAMA only: the per-element weights ``[n, *shared.shape]``.
     """
 
     loss: Tensor
-    weights: Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    weights: Tensor | None
+    stats: dict[str, Any] = field(default_factory=dict)
     element_weights: Tensor | None = None
 
 
@@ -560,8 +566,24 @@ _REGISTRY: dict[str, Any] = {
 
 def make_combiner(name: str, **kwargs: Any) -> Combiner:
     """Build a combiner by name: ``pama``, ``mgda`` (exact, over params), ``mgda_ub`` (over a
-    shared tensor), ``linear`` (uniform unless ``weights=``) or ``morlhf`` (0.5/0.5)."""
+    shared tensor), ``linear`` (uniform unless ``weights=``) or ``morlhf`` (0.5/0.5); or a
+    torchjd method by its class name in lower case (``upgrad``, ``cagrad``, ``nashmtl``, ...:
+    :data:`paretoopt.zoo.ZOO`), ``mode="shared"`` (default) or ``"params"``."""
+    from .zoo import ZOO_NAMES, zoo_combiner
+
     key = name.lower().replace("-", "_")
+    if key in ZOO_NAMES:
+        return zoo_combiner(key, **kwargs)
     if key not in _REGISTRY:
-        raise ValueError(f"unknown combiner {name!r}; choose one of {sorted(_REGISTRY)}")
+        known = sorted(_REGISTRY) + list(ZOO_NAMES)
+        raise ValueError(f"unknown combiner {name!r}; choose one of {known}")
     return _REGISTRY[key](**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # TorchJD subclasses Combiner, so it lives in .zoo; it is served here too.
+    if name == "TorchJD":
+        from .zoo import TorchJD
+
+        return TorchJD
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

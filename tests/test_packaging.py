@@ -141,15 +141,22 @@ def _requirement_name(req: str) -> str:
 
 
 def test_the_lock_pins_every_dependency_the_makefile_installs() -> None:
-    """make test installs `-e .[hf,trl,bench,dev]` with `-c requirements/lock.txt`: every
+    """make test installs `-e .[$(EXTRAS)]` with `-c requirements/lock.txt`: every
     requirement of those extras (and the core) must be pinned there, within pyproject's range,
     or a fresh machine would resolve it anew."""
+    import re
+
     from packaging.requirements import Requirement
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     lock = _lock("lock.txt")
     reqs = list(project["dependencies"])
-    for extra in ("hf", "trl", "bench", "dev"):
+    extras = re.search(r"^EXTRAS := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert extras is not None
+    assert set(extras.group(1).split(",")) == {"hf", "trl", "bench", "zoo", "dev"}
+    # torchjd[full] (the zoo) brings the solvers of CAGrad and Nash-MTL: pinned too.
+    assert {"cvxpy", "ecos", "clarabel", "quadprog"} <= set(lock)
+    for extra in extras.group(1).split(","):
         reqs += [r for r in project["optional-dependencies"][extra] if "paretoopt" not in r]
     for req in reqs:
         parsed = Requirement(req)

@@ -85,13 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="one objective's reward (repeat); see the specs below",
     )
+    from paretoopt.zoo import ZOO_NAMES
+
+    ours = ("pama", "pama_ub", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear")
     p.add_argument(
         "--combiner",
-        choices=["pama", "pama_ub", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear"],
-        help="how the objectives are combined (default pama); pama_ub: PPO on the min-norm "
+        choices=[*ours, *ZOO_NAMES],
+        metavar="COMBINER",
+        help="how the objectives are combined (default pama): pama | pama_ub | morlhf | gdpo | "
+        "linear_noon | mgda_ub | mgda | linear, or a torchjd aggregator by its name in lower case "
+        f"({' | '.join(ZOO_NAMES)}; needs paretoopt[zoo]). pama_ub: PPO on the min-norm "
         "combination of the batch's advantage vectors (MGDA-UB at the ratio, --noon); morlhf: "
         "PPO on the scalarised reward; linear_noon: sum of Noon PPO losses; linear: sum of PPO "
         "losses (--noon)",
+    )
+    p.add_argument(
+        "--combiner-mode",
+        choices=["shared", "params"],
+        help="torchjd combiners: the Jacobian of the objectives' PPO losses over the policy's "
+        "last hidden states (shared, the default, as mgda_ub) or its trainable parameters "
+        "(params, as mgda)",
     )
     p.add_argument(
         "--weights",
@@ -282,6 +295,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
             data[key] = value
     if args.granularity is not None:
         data["pama_granularity"] = args.granularity
+    if args.combiner_mode is not None:
+        data["combiner_kwargs"] = {**data.get("combiner_kwargs", {}), "mode": args.combiner_mode}
     if args.weights is not None:
         data["combiner_weights"] = args.weights
     if args.no_adaptive_kl:

@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from paretoopt.zoo import ZOO_NAMES
+
 COMBINER_NAMES = (
-    "pama", "pama_ub", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear"
+    "pama", "pama_ub", "morlhf", "gdpo", "linear_noon", "mgda_ub", "mgda", "linear", *ZOO_NAMES
 )  # fmt: skip
+"""Our combiners, then the torchjd zoo by torchjd's class names in lower case (``upgrad``,
+``cagrad``, ``nashmtl``, ...: :data:`paretoopt.zoo.ZOO`)."""
+GRADIENT_COMBINERS = ("mgda", "mgda_ub", *ZOO_NAMES)
+"""Combiners whose weights come from the mini-batch's per-objective gradients."""
 WEIGHTED_COMBINERS = ("morlhf", "gdpo", "linear_noon", "linear")
 """Combiners with fixed weights (``combiner_weights``; default uniform 1/n)."""
 SCALARISED_COMBINERS = ("morlhf", "gdpo")
@@ -61,6 +67,12 @@ class MOPPOConfig:
       in PPO form (docs/trainer.md).
     * "linear_noon": ``sum_i w_i L_i`` of per-objective Noon PPO losses (Noon always).
     * "linear": ``sum_i w_i L_i`` of per-objective PPO losses, Noon per ``noon``.
+    * a torchjd zoo name ("upgrad", "cagrad", "pcgrad", "nashmtl", "dualproj", "imtlg",
+      "alignedmtl", "gradvac", "fairgrad", "config", ...): that torchjd aggregator on the n
+      per-objective PPO losses (Noon per ``noon``), by default over the policy's last hidden
+      states as "mgda_ub" (``combiner_kwargs={"mode": "params"}``: over the trainable
+      parameters, as "mgda"); other ``combiner_kwargs`` go to the torchjd class (docs/api.md,
+      "The torchjd zoo"). A stateful one (GradVac, PCD, Nash-MTL) is saved in each checkpoint.
     """
     combiner_kwargs: dict[str, Any] = field(default_factory=dict)
     """Passed to ``paretoopt.make_combiner``, e.g. ``{"weights": [0.5, 0.5]}``."""
@@ -299,13 +311,15 @@ class MOPPOConfig:
                     f"MOPPOConfig.micro_batch_size ({self.micro_batch_size}) must not exceed "
                     f"mini_batch_size ({self.mini_batch_size})"
                 )
-            if (
-                self.combiner in ("mgda", "mgda_ub")
-                and self.micro_batch_size < self.mini_batch_size
-            ):
+            if self.combiner in GRADIENT_COMBINERS and self.micro_batch_size < self.mini_batch_size:
+                what = (
+                    "MGDA's min-norm weights"
+                    if self.combiner in ("mgda", "mgda_ub")
+                    else "the torchjd method's weights"
+                )
                 raise ValueError(
-                    f"MOPPOConfig.micro_batch_size with combiner={self.combiner!r}: MGDA's "
-                    "min-norm weights need the whole mini-batch's gradients, so accumulating "
+                    f"MOPPOConfig.micro_batch_size with combiner={self.combiner!r}: {what} "
+                    "need the whole mini-batch's gradients, so accumulating "
                     "micro-batches would change the update; lower mini_batch_size instead"
                 )
         if self.eval_every < 0 or self.eval_samples < 0:
@@ -352,6 +366,17 @@ class MOPPOConfig:
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             raise ValueError(
                 f"MOPPOConfig.value_warmup_steps must be an integer >= 0, got {warmup!r}"
+            )
+        mode = self.combiner_kwargs.get("mode")
+        if mode is not None and self.combiner not in GRADIENT_COMBINERS:
+            raise ValueError(
+                f"MOPPOConfig.combiner_kwargs['mode'] applies to the gradient combiners "
+                f"(mgda, mgda_ub and the torchjd zoo), not to combiner={self.combiner!r}"
+            )
+        if self.combiner in ZOO_NAMES and mode not in (None, "shared", "params"):
+            raise ValueError(
+                f"MOPPOConfig.combiner_kwargs['mode'] must be 'shared' (the last hidden states) "
+                f"or 'params' (the trainable parameters), got {mode!r}"
             )
         if self.combiner == "pama_ub":
             if self.combiner_weights is not None:

@@ -305,9 +305,12 @@ def build_combiner(
     :class:`paretoopt.LinearScalarization` with the resolved weights; "morlhf" and "gdpo"
     scalarise advantages, not losses, so the trainer uses their weights only
     (:meth:`MOPPOTrainer.combine`). "pama_ub" is a :class:`.advantages.MinNormAdvantages`,
-    whose weights the trainer solves for on each batch.
+    whose weights the trainer solves for on each batch. A torchjd zoo name is a
+    :class:`paretoopt.TorchJD` (a :class:`~paretoopt.integrations.distributed.DistributedTorchJD`
+    under data parallelism).
     """
     from paretoopt import LinearScalarization, make_combiner
+    from paretoopt.zoo import ZOO_NAMES
 
     if config.combiner == "pama_ub":
         from .advantages import MinNormAdvantages
@@ -326,6 +329,15 @@ def build_combiner(
     if config.combiner in ("mgda", "mgda_ub"):
         kwargs.setdefault("normalization", config.mgda_normalization)
         kwargs.setdefault("rescale", config.mgda_rescale)
+    if config.combiner in ZOO_NAMES:
+        from paretoopt.zoo import zoo_combiner
+
+        combiner = zoo_combiner(config.combiner, **kwargs)
+        if num_processes > 1:  # the Gram matrix (or Jacobian) of the global batch
+            from paretoopt.integrations.distributed import DistributedTorchJD
+
+            return DistributedTorchJD(combiner)
+        return combiner
     if config.combiner in ("mgda", "mgda_ub") and num_processes > 1:
         # MGDA's Gram matrix does not decompose over processes: reduce it globally.
         from paretoopt.integrations.distributed import DistributedMGDA

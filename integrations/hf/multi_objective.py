@@ -19,6 +19,10 @@ and the choices made (gradient accumulation, DDP, fp16) are in docs/hf_trainer.m
 * PAMA and MGDA-UB work on a shared tensor ``z`` (``shared_module``'s output through a
   forward hook, by default the model's last hidden states); exact MGDA on the trunk's
   parameters, all-reduced across processes before its solve (``DistributedMGDA``);
+* a torchjd aggregator (``combiner="upgrad"``, ``"cagrad"``, ``"nashmtl"``, ...: the zoo of
+  :mod:`paretoopt.zoo`) works on the shared tensor like MGDA-UB, or with
+  ``combiner_kwargs={"mode": "params"}`` on the trunk like exact MGDA; a stateful one is saved
+  in each checkpoint and restored on resume;
 * gradient accumulation combines each micro-batch on its own, then sums, as the Trainer does
   with one loss.
 """
@@ -28,9 +32,11 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,9 +45,17 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import find_batch_size
 
-from paretoopt import MGDA, PAMA, Combiner, LinearScalarization, combine_and_backward, make_combiner
+from paretoopt import (
+    MGDA,
+    PAMA,
+    Combiner,
+    LinearScalarization,
+    TorchJD,
+    combine_and_backward,
+    make_combiner,
+)
 
-from ..distributed import DistributedMGDA, all_reduce_sum, is_distributed
+from ..distributed import DistributedMGDA, DistributedTorchJD, all_reduce_sum, is_distributed
 from .objectives import (
     ObjectiveLayout,
     SharedCapture,
@@ -50,6 +64,7 @@ from .objectives import (
     resolve_layout,
     unreached_by_shared,
 )
+from .state import COMBINER_FILE, combiner_state, restore_combiner_state
 
 __all__ = ["MultiObjectiveTrainer", "MultiObjectiveTrainingArguments"]
 
@@ -76,7 +91,11 @@ class MultiObjectiveTrainingArguments(TrainingArguments):
 
     combiner: str = field(
         default="pama",
-        metadata={"help": "pama | mgda (exact, over the trunk) | mgda_ub | linear | morlhf"},
+        metadata={
+            "help": "pama | mgda (exact, over the trunk) | mgda_ub | linear | morlhf | a "
+            "torchjd aggregator by its name in lower case (upgrad, cagrad, pcgrad, nashmtl, "
+            '...; combiner_kwargs {"mode": "params"} for the trunk, default the shared tensor)'
+        },
     )
     combiner_kwargs: dict | str | None = field(
         default=None,
@@ -278,6 +297,8 @@ class MultiObjectiveTrainer(Trainer):
                 max_iter=combiner.max_iter,
                 rescale=combiner.rescale,
             )
+        if isinstance(combiner, TorchJD) and self.args.world_size > 1:
+            combiner = DistributedTorchJD(combiner)  # weights from the global Gram matrix
         return combiner
 
     @property
@@ -483,7 +504,10 @@ class MultiObjectiveTrainer(Trainer):
             del inputs
             first = self._layout is None
             layout = self._layout_for(model, names)
-            if first and isinstance(self.combiner, PAMA) and shared is not None:
+            backprop_from_shared = isinstance(self.combiner, PAMA) or (
+                getattr(self.combiner, "vector_update", False)
+            )
+            if first and backprop_from_shared and shared is not None:
                 self._check_pama_reaches(layout, losses, shared)
             # transformers >= 5.2x lets a subclass declare it; older releases have no attribute.
             declared = getattr(self, "loss_is_scaled_for_ga", None)
@@ -519,7 +543,9 @@ class MultiObjectiveTrainer(Trainer):
             # (on the simplex for PAMA and MGDA, whatever the normalisation).
             if degree == 1:  # the combined loss's value is that sum already
                 return result.loss.detach().to(self.args.device)
-            value = sum(float(result.weights[i]) * seen[i].detach() for i in range(len(seen)))
+            n = len(seen)
+            weights = [1.0 / n] * n if result.weights is None else result.weights.tolist()
+            value = sum(float(weights[i]) * seen[i].detach() for i in range(n))
             return (value / per_step).to(self.args.device)
 
     def _check_finite(self, names: list[str], losses: list[Tensor]) -> None:
@@ -540,6 +566,19 @@ class MultiObjectiveTrainer(Trainer):
         params = layout.trunk + [p for h in layout.heads or [] for p in h]
         total = sum((p * float("nan")).sum() for p in params)
         self.accelerator.backward(total)
+
+    # ---- checkpoints: a stateful combiner's state beside the optimizer's --------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        state = combiner_state(self.combiner)
+        if state is not None and self.args.should_save:
+            torch.save(state, os.path.join(output_dir, COMBINER_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            restore_combiner_state(self.combiner, Path(checkpoint))
 
     # ---- losses for evaluation --------------------------------------------------------
 
@@ -588,13 +627,14 @@ class MultiObjectiveTrainer(Trainer):
         values: dict[str, float] = {}
         for i, name in enumerate(names):
             values[f"loss/{name}"] = float(losses[i].detach())
-            values[f"weight/{name}"] = float(result.weights[i])
+            if result.weights is not None:  # a torchjd aggregator may have none
+                values[f"weight/{name}"] = float(result.weights[i])
         if _arg(self.args, "log_combiner_stats"):
             prefix = getattr(self.combiner, "name", "combiner")
             for key, value in result.stats.items():
                 head, _, tail = key.partition("/")
-                if head == "weight":
-                    continue  # logged by name above
+                if head == "weight" or isinstance(value, str):
+                    continue  # logged by name above; a name (the torchjd method) is no metric
                 if tail.isdigit():
                     key = f"{head}/{names[int(tail)]}"
                 values[f"{prefix}/{key}"] = float(value)

@@ -1,7 +1,8 @@
 """The trainer's full state on disk: save a checkpoint atomically, load one to resume exactly.
 
 A checkpoint holds the policy (or its LoRA adapter) and tokenizer, the value heads
-(safetensors), the optimizer, RNG and, under fp16 mixed precision, gradient-scaler states
+(safetensors), the optimizer, RNG, a stateful combiner's and, under fp16 mixed precision,
+gradient-scaler states
 (``torch.save``, loaded with ``weights_only=True``) and ``trainer_state.json`` (step, KL
 controller, config, history), written last; see :mod:`.checkpoint` for the layout and the
 atomic write.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,11 +21,41 @@ from .checkpoint import STATE_FILE, atomic_write_dir, capture_rng_state, restore
 if TYPE_CHECKING:
     from .trainer import MOPPOTrainer
 
-__all__ = ["CHECKPOINT_VERSION", "load_training_state", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "combiner_state",
+    "load_training_state",
+    "restore_combiner_state",
+    "save_checkpoint",
+]
 
 CHECKPOINT_VERSION = 1
 SCALER_FILE = "scaler.pt"
 """The accelerator's ``GradScaler`` state (fp16): its loss scale and growth tracker."""
+COMBINER_FILE = "combiner.pt"
+"""A stateful combiner's state (GradVac, PCD, Nash-MTL of the torchjd zoo)."""
+
+
+def combiner_state(combiner: Any) -> dict[str, Any] | None:
+    """The state to checkpoint of a stateful combiner (``None`` for a stateless one)."""
+    if not getattr(combiner, "stateful", False):
+        return None
+    return combiner.state_dict()
+
+
+def restore_combiner_state(combiner: Any, folder: Path) -> None:
+    """Load ``folder``'s combiner state into a stateful combiner; a checkpoint of a stateful
+    run without one cannot resume it exactly, so it is refused."""
+    if not getattr(combiner, "stateful", False):
+        return
+    path = folder / COMBINER_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"checkpoint {folder} has no {COMBINER_FILE}, but the combiner "
+            f"{getattr(combiner, 'name', type(combiner).__name__)!r} keeps a state across steps: "
+            "it was saved by a run with another combiner, so it cannot be resumed exactly"
+        )
+    combiner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def save_checkpoint(
@@ -59,6 +90,9 @@ def save_checkpoint(
             torch.save(capture_rng_state(), tmp / "rng_state.pt")
             if getattr(accelerator, "scaler", None) is not None:
                 torch.save(accelerator.scaler.state_dict(), tmp / SCALER_FILE)
+            combiner = combiner_state(trainer.combiner)
+            if combiner is not None:
+                torch.save(combiner, tmp / COMBINER_FILE)
             state = {
                 "version": CHECKPOINT_VERSION,
                 "step": trainer.global_step,
@@ -104,6 +138,7 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     )
     trainer.optimizer.load_state_dict(optim_state)
     trainer.kl_controller.load_state_dict(state["kl_controller"])
+    restore_combiner_state(trainer.combiner, folder)
     trainer.global_step = int(state["step"])
     trainer.history = list(state.get("history", []))
     trainer.eval_history = list(state.get("eval_history", []))

@@ -225,7 +225,7 @@ def ppo_update(
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
     sums: dict[str, float] = {}
     weight_sum = torch.zeros(trainer.n_objectives, dtype=torch.float64)
-    n_updates = 0
+    n_weighted = n_updates = 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(size, generator=gen).to(trainer.device)
         for lo in range(0, size, cfg.mini_batch_size):
@@ -257,11 +257,13 @@ def ppo_update(
                 sums[key] = sums.get(key, 0.0) + value
             if weights is not None:
                 weight_sum += weights
+                n_weighted += 1
             n_updates += 1
     out_stats = {k: v / n_updates for k, v in sums.items()}
-    if not trainer.use_pama_fast_path and batch.scalar_weights is None:
-        # Per-batch weights ("pama_ub") are logged exactly by step_metrics instead.
-        mean_w = weight_sum / n_updates
+    if not trainer.use_pama_fast_path and batch.scalar_weights is None and n_weighted:
+        # Per-batch weights ("pama_ub") are logged exactly by step_metrics instead; a torchjd
+        # aggregator without weights (GradDrop, ConFIG, TrimmedMean) logs none.
+        mean_w = weight_sum / n_weighted
         for i, name in enumerate(trainer.reward_names):
             out_stats[f"weights/{name}"] = float(mean_w[i])
     return out_stats

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from paretoopt.zoo import ZOO
+
 #: Round 1's methods: the tuning criterion averages over them.
 CORE_METHODS = ("pama", "pama_no_noon", "morlhf", "mgda_ub")
 #: The PAMA readings of round 2 (pre-registered in docs/study_preregistration.md).
@@ -55,6 +57,8 @@ METHOD_LABELS = {
     "pama_ub": "PAMA-UB: min-norm of advantages (Noon)",
     "pama_ub_no_noon": "PAMA-UB, no Noon",
     "linear_noon": "Linear of Noon losses",
+    # The torchjd zoo (paretoopt.zoo), over the last hidden states as MGDA-UB, no Noon.
+    **{name: f"{spec.torchjd_class} (torchjd)" for name, spec in ZOO.items()},
 }
 TUNING_SEED_OFFSET = 900
 #: Metrics of each training step kept in the raw run files.
@@ -210,7 +214,9 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
       on ``sum_i c_i A_i`` with ``c`` the min-norm point of the batch's advantage vectors
       (Noon-clipped, or not);
     * ``linear_noon``: ``sum_i w_i L_i`` of Noon-clipped per-objective PPO losses (the
-      MORLHF of an earlier PPO set-up), a labelled variant.
+      MORLHF of an earlier PPO set-up), a labelled variant;
+    * a torchjd zoo name (``upgrad``, ``cagrad``, ...): that aggregator on the n standard PPO
+      losses' gradients at the last hidden states, wired as ``mgda_ub``.
     """
     uniform = [1.0 / n_objectives] * n_objectives
     w = [float(v) for v in (weights if weights is not None else uniform)]
@@ -232,6 +238,8 @@ def method_fields(method: str, n_objectives: int, weights: Sequence[float] | Non
         return {"combiner": "linear_noon", "combiner_weights": w}
     if method == "mgda_ub":
         return {"combiner": "mgda_ub", "mgda_normalization": "l2", "noon": False}
+    if method in ZOO:  # a torchjd aggregator on the standard PPO losses, as mgda_ub
+        return {"combiner": method, "combiner_kwargs": {"mode": "shared"}, "noon": False}
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHOD_LABELS)[1:]}")
 
 

@@ -126,8 +126,8 @@ def build_report(data: dict[str, Any], out_dir: Path, img_dirname: str = "img") 
 
 
 KEPT_HEADING = "## The RLHF trainer's phases"
-"""Sections from this heading on are measured by other scripts (``bench/hf_ppo_phases.py``)
-and written by hand: a regenerated page keeps them as they are."""
+"""Sections from this heading on are measured by other scripts (``bench/hf_ppo_phases.py``,
+``bench/zoo_step.py``) and written by hand: a regenerated page keeps them as they are."""
 
 
 def kept_sections(path: Path) -> str:
