@@ -19,9 +19,13 @@ DESCRIPTION = (
     __doc__.split("\n\n")[0]
     + """
 
-Without --tune the hyper-parameters are the ones a previous `--tune` chose (protocol.py's
-CHOSEN_HPARAMS; docs/study/tuning.json holds its table); with --tune the grid is run first on
-tuning seeds (900+) and training prompts, and the study then uses what it chose.
+Without --tune each task's shared hyper-parameters are the ones a previous `--tune` chose
+(protocol.py's CHOSEN_TASK_HPARAMS; docs/study/tuning.json holds the tables); with --tune
+the grid is run first on tuning seeds (900+) and training prompts, each task on its own, and
+the study then uses what it chose. A tuning record (--tune, or --tuning FILE) also gives each
+method's own best setting, task 2's transfer row (run at task 1's setting, when the two
+differ) and, on task 1, the paper's own set-up (ratio to the reference, Noon, adaptive KL
+with target 3): the full preset runs them beside the main table.
 Writes into --out: results.json, study.md, <task>_front.png, <task>_reward_kl.png,
 <task>_rates.png, tuning.json (with --tune) and runs/ (one JSON per run; an interrupted
 study resumes from them). Prints each task's table (means with 95% CIs) and these paths.
