@@ -160,12 +160,21 @@ def compare(
 
 
 def task_results(
-    task: Any, runs: Sequence[dict[str, Any]], config: dict[str, Any], with_front: bool = True
+    task: Any,
+    runs: Sequence[dict[str, Any]],
+    config: dict[str, Any],
+    with_front: bool = True,
+    *,
+    front_method: str = "morlhf",
+    reference: str = "pama",
+    baselines: Sequence[str] = PAMA_BASELINES,
 ) -> dict[str, Any]:
     """``results["tasks"][task]``: methods, MORLHF front, comparisons, PAMA's rates.
 
     ``with_front=False`` (an arm without a weight sweep): no front, not even the uniform
-    weight's point."""
+    weight's point. Another engine names its own methods: ``front_method`` (whose uniform
+    weight is a point of the front), ``reference`` (compared with each of ``baselines``; the
+    methods whose names start with it have their rates reported)."""
     objectives = list(task.objectives)
     sft_run = next(r for r in runs if r["job"]["kind"] == "sft")
     sft = sft_run["evals"]["0"]
@@ -184,9 +193,11 @@ def task_results(
             by_weight.setdefault(tuple(r["job"]["weights"]), []).append(r)
     grid = front_weights(n, config["front_points"][task.name])
     has_uniform = any(np.allclose(w, uniform, atol=1e-5) for w in grid)
-    if with_front and "morlhf" in by_method and has_uniform:
-        front_seeds = max((len(v) for v in by_weight.values()), default=len(by_method["morlhf"]))
-        same = sorted(by_method["morlhf"], key=lambda r: r["job"]["seed"])[:front_seeds]
+    if with_front and front_method in by_method and has_uniform:
+        front_seeds = max(
+            (len(v) for v in by_weight.values()), default=len(by_method[front_method])
+        )
+        same = sorted(by_method[front_method], key=lambda r: r["job"]["seed"])[:front_seeds]
         by_weight[tuple(uniform)] = same
     front = []
     front_seed_points = []  # per weight: [seeds, objectives], for the rule with uncertainty
@@ -208,11 +219,11 @@ def task_results(
     front_points = [[p[o] for o in objectives] for p in front]
 
     comparisons = {}
-    if "pama" in by_method:
+    if reference in by_method:
         for b in by_method:
-            if b in PAMA_BASELINES:
+            if b in baselines:
                 comparisons[b] = compare(
-                    by_method["pama"], by_method[b], objectives, sft, front_points
+                    by_method[reference], by_method[b], objectives, sft, front_points
                 )
         # Holm over every (baseline, objective) test of PAMA in this task.
         keys = [(b, o) for b in comparisons for o in objectives]
@@ -240,7 +251,7 @@ def task_results(
     pama_rates: dict[str, Any] = {}
     for m in methods:
         # Every PAMA variant: its zero, conflict and binding rates ("pama_ub" has none).
-        if m.startswith("pama") and not m.startswith("pama_ub"):
+        if m.startswith(reference) and not m.startswith("pama_ub"):
             curves = methods[m]["curves"]
             pama_rates[m] = {
                 k: v

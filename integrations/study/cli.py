@@ -67,6 +67,14 @@ def build_parser(demo: bool = False) -> argparse.ArgumentParser:
         )
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size
     p.add_argument(
+        "--engine",
+        choices=("ppo", "grpo"),
+        default="ppo",
+        help="ppo: the study's PPO trainer (default); grpo: TRL's GRPOTrainer with its two "
+        "aggregations and the PAMA plug-in (writes runs_grpo/, grpo.md and results.json's "
+        "'grpo' key; see docs/study.md)",
+    )
+    p.add_argument(
         "--task",
         choices=("sentiment_length", "support_replies"),
         default=None,
@@ -183,6 +191,10 @@ def main(argv: list[str] | None = None, demo: bool = False) -> int:
     """Entry point of ``paretoopt study`` (of ``paretoopt demo`` with ``demo``)."""
     parser = build_parser(demo)
     args = parser.parse_args(argv)
+    if args.engine == "grpo":
+        from .grpo_study import main as grpo_main
+
+        return grpo_main(args, argv, prog=parser.prog)
     wall = time.perf_counter()
     from transformers.utils import logging as hf_logging
 

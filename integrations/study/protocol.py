@@ -309,10 +309,13 @@ def run_settings(job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
     return settings
 
 
-def load_run(path: Path, job: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
-    """A saved run, after checking it was made with this study's settings."""
+def load_run(
+    path: Path, job: dict[str, Any], config: Any, settings_fn: Any = None
+) -> dict[str, Any]:
+    """A saved run, after checking it was made with this study's settings
+    (``settings_fn(job, config)``, :func:`run_settings` by default)."""
     record = json.loads(path.read_text())
-    want = run_settings(job, config)
+    want = (settings_fn or run_settings)(job, config)
     saved = record.get("settings")
     if saved is None:
         raise ValueError(
@@ -336,13 +339,15 @@ def load_run(path: Path, job: dict[str, Any], config: StudyConfig) -> dict[str, 
     return record
 
 
-def check_saved_runs(jobs: Sequence[dict[str, Any]], config: StudyConfig, raw_dir: Path) -> None:
+def check_saved_runs(
+    jobs: Sequence[dict[str, Any]], config: Any, raw_dir: Path, settings_fn: Any = None
+) -> None:
     """Every saved run in ``raw_dir`` for ``jobs`` was made with this study's settings
     (:func:`load_run`); reads JSON only, so it can run before any artefact is loaded."""
     for job in jobs:
         path = raw_dir / f"{job_name(job)}.json"
         if path.exists():
-            load_run(path, job, config)
+            load_run(path, job, config, settings_fn)
 
 
 def with_hparams(config: StudyConfig, chosen: dict[str, Any], task: str | None = None):

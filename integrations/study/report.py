@@ -437,6 +437,10 @@ def plot_rates(t: Mapping[str, Any], path: Path, title: str) -> None:
 def write_report(results: Mapping[str, Any], out: Path) -> None:
     """results.json, study.md and three PNGs per task into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "results.json"
+    if "grpo" not in results and previous.exists():  # the GRPO engine's results are kept
+        grpo = json.loads(previous.read_text()).get("grpo")
+        results = results if grpo is None else {**results, "grpo": grpo}
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=False))
     (out / "study.md").write_text(study_markdown(results))
     for name, t in results["tasks"].items():

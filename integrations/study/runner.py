@@ -186,8 +186,15 @@ def run_jobs(
     cache_dir: str | None,
     progress: bool = True,
     desc: str = "runs",
+    *,
+    run_fn: Any = None,
+    settings_fn: Any = None,
 ) -> list[dict[str, Any]]:
     """Run ``jobs`` on ``config.workers`` processes (one torch thread each).
+
+    ``run_fn(job, config, cache_dir, work)`` runs one job (:func:`run_job`, a PPO run, by
+    default) and ``settings_fn(job, config)`` gives the settings its file is checked against
+    (:func:`run_settings` by default): another engine passes its own.
 
     Each finished run is written to ``raw_dir/<job>.json`` at once, and a run whose file
     exists is not run again, so an interrupted study resumes where it stopped; a file made
@@ -195,6 +202,7 @@ def run_jobs(
     """
     from tqdm.auto import tqdm
 
+    run_fn = run_fn or run_job
     raw_dir.mkdir(parents=True, exist_ok=True)
     work = str(raw_dir / "_work")
     results: dict[str, dict[str, Any]] = {}
@@ -202,7 +210,7 @@ def run_jobs(
     for job in jobs:
         path = raw_dir / f"{job_name(job)}.json"
         if path.exists():
-            results[job_name(job)] = load_run(path, job, config)
+            results[job_name(job)] = load_run(path, job, config, settings_fn)
         else:
             todo.append(job)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, disable=not progress)
@@ -216,12 +224,12 @@ def run_jobs(
     try:
         if config.workers <= 1:
             for job in todo:
-                done(run_job(job, config, cache_dir, work))
+                done(run_fn(job, config, cache_dir, work))
         else:
             os.environ.setdefault("OMP_NUM_THREADS", "1")
             ctx = get_context("spawn")
             with ProcessPoolExecutor(config.workers, ctx, initializer=_init_worker) as pool:
-                futures = [pool.submit(run_job, j, config, cache_dir, work) for j in todo]
+                futures = [pool.submit(run_fn, j, config, cache_dir, work) for j in todo]
                 for fut in as_completed(futures):
                     done(fut.result())
     finally:
