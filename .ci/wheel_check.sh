@@ -32,8 +32,8 @@ BASE=$("$PY" -c 'import sys; print(sys._base_executable)')
 VPY="$TMP/venv/bin/python"
 "$VPY" -m pip install -q --no-compile "${PIP_FLAGS[@]}" "torch==$TORCH_VERSION"
 phase "fresh venv with torch $TORCH_VERSION"
-"$VPY" -m pip install -q --no-compile "${PIP_FLAGS[@]}" "$WHEEL[hf,trl,bench]"
-phase "installed the wheel with [hf,trl,bench]"
+"$VPY" -m pip install -q --no-compile "${PIP_FLAGS[@]}" "$WHEEL[hf,trl,bench,zoo]"
+phase "installed the wheel with [hf,trl,bench,zoo]"
 
 # Outside the checkout, with nothing of it on the path.
 mkdir "$TMP/user" && cd "$TMP/user"
@@ -53,6 +53,17 @@ venv = Path(sys.argv[1]).resolve()
 assert venv in Path(paretoopt.__file__).resolve().parents, paretoopt.__file__
 assert importlib.util.find_spec("integrations") is None, "a top-level 'integrations' is installed"
 print("wheel-check: imports from", Path(paretoopt.__file__).parent)
+
+# The torchjd zoo from the installed extra: a name builds and combines two losses.
+import torch
+from paretoopt import combine_and_backward, make_combiner
+
+layer = torch.nn.Linear(3, 4)
+z = layer(torch.randn(5, 3))
+losses = [(z**2).mean(), (z - 1).abs().mean()]
+result = combine_and_backward(losses, make_combiner("upgrad"), shared=z)
+assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all(), result
+print("wheel-check: zoo combiner", result.stats.get("torchjd"))
 PY
 "$TMP/venv/bin/paretoopt" example
 "$TMP/venv/bin/paretoopt" train --help >/dev/null
