@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import find_batch_size
@@ -56,6 +55,7 @@ from paretoopt import (
 )
 
 from ..distributed import DistributedMGDA, DistributedTorchJD, all_reduce_sum, is_distributed
+from ..faults import refuse_sharded_training
 from .objectives import (
     ObjectiveLayout,
     SharedCapture,
@@ -177,6 +177,26 @@ def check_weight_count(combiner: Combiner, names: list[str]) -> None:
         )
 
 
+def _refuse_sharding(args: TrainingArguments, distributed_type: Any = None) -> None:
+    """FSDP and DeepSpeed, asked for by the arguments, accelerate's environment or the built
+    accelerator, are refused before any step (on the CPU accelerate would run DDP instead)."""
+    requested = {}
+    if getattr(args, "fsdp", None):
+        requested["FSDP"] = f"TrainingArguments.fsdp={args.fsdp!r}"
+    if getattr(args, "deepspeed", None):
+        requested["DeepSpeed"] = f"TrainingArguments.deepspeed={args.deepspeed!r}"
+    refuse_sharded_training(
+        "MultiObjectiveTrainer",
+        "the combiners take per-objective gradients with torch.autograd.grad, which under FSDP "
+        "or DeepSpeed ZeRO sees only this process's shard of the flattened parameters and "
+        "bypasses their gather and reduce hooks",
+        "; to save memory use PEFT (LoRA), gradient checkpointing, or a smaller "
+        "per_device_train_batch_size with gradient_accumulation_steps",
+        distributed_type=distributed_type,
+        requested=requested,
+    )
+
+
 def _arg(args: TrainingArguments, name: str) -> Any:
     # A plain TrainingArguments works too: the multi-objective fields take their defaults.
     if hasattr(args, name):
@@ -242,7 +262,9 @@ class MultiObjectiveTrainer(Trainer):
             raise TypeError(f"combiner must be a paretoopt Combiner, got {type(combiner).__name__}")
         if args is None:
             args = MultiObjectiveTrainingArguments(output_dir="trainer_output")
+        _refuse_sharding(args)
         super().__init__(model, args, **kwargs)
+        _refuse_sharding(args, self.accelerator.distributed_type)
         self.combiner = combiner if combiner is not None else self._combiner_from_args()
         self.compute_losses = compute_losses
         self._losses_accept_items = compute_losses is not None and (
@@ -441,11 +463,6 @@ class MultiObjectiveTrainer(Trainer):
             raise RuntimeError(
                 "MultiObjectiveTrainer does not support torch.nn.DataParallel (n_gpu > 1): "
                 "launch one process per GPU (accelerate launch / torchrun) for DDP"
-            )
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise NotImplementedError(
-                "MultiObjectiveTrainer does not support DeepSpeed: its per-objective gradients "
-                "need torch.autograd.grad on unpartitioned parameters; use DDP"
             )
 
     def _layout_for(self, model: nn.Module, names: list[str]) -> ObjectiveLayout:
