@@ -55,7 +55,7 @@ from paretoopt import (
 )
 
 from ..distributed import DistributedMGDA, DistributedTorchJD, all_reduce_sum, is_distributed
-from ..faults import refuse_sharded_training
+from ..faults import refuse_sharded_training, set_collective_timeout, stop_together
 from .objectives import (
     ObjectiveLayout,
     SharedCapture,
@@ -126,6 +126,11 @@ class MultiObjectiveTrainingArguments(TrainingArguments):
     log_combiner_stats: bool = field(
         default=True, metadata={"help": "log the combiner's stats (min-norm, veto rate, ...)"}
     )
+    ddp_timeout: int = field(
+        default=600,
+        metadata={"help": "seconds a collective waits for the other processes before every "
+                  "process stops (transformers' default: 1800)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -265,6 +270,8 @@ class MultiObjectiveTrainer(Trainer):
         _refuse_sharding(args)
         super().__init__(model, args, **kwargs)
         _refuse_sharding(args, self.accelerator.distributed_type)
+        # Also on a process group started before this trainer (ddp_timeout applies at its start).
+        set_collective_timeout(self.args.ddp_timeout)
         self.combiner = combiner if combiner is not None else self._combiner_from_args()
         self.compute_losses = compute_losses
         self._losses_accept_items = compute_losses is not None and (
@@ -454,6 +461,29 @@ class MultiObjectiveTrainer(Trainer):
             f"(keys: {keys}). Set shared_module='<module name>' (top-level modules of "
             f"{type(self._root(model)).__name__}: "
             f"{[n for n, _ in self._root(model).named_children()]}), or use combiner='mgda'"
+        )
+
+    def train(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """``Trainer.train``; under several processes, one process failing (an error, a kill, a
+        hang past ``ddp_timeout``) stops every process, each saying why and from which
+        checkpoint to restart (:func:`paretoopt.integrations.faults.stop_together`)."""
+        with stop_together(
+            lambda: f" at step {self.state.global_step + 1}",
+            self._resume_advice,
+            self.args.ddp_timeout,
+        ):
+            return super().train(*args, **kwargs)
+
+    def _resume_advice(self) -> str:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        out = self.args.output_dir
+        latest = get_last_checkpoint(out) if out and os.path.isdir(out) else None
+        if latest is None:
+            return f"No checkpoint was written in {out} yet: a restart begins at step 1."
+        return (
+            f"The last checkpoint is {latest}: once the cause is fixed, restart every process "
+            "with trainer.train(resume_from_checkpoint=True) to continue from it."
         )
 
     # ---- the step ---------------------------------------------------------------------
