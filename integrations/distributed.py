@@ -31,6 +31,9 @@ Then the combiners:
   vector) are broadcast, so that a random method (PCGrad, GradVac, GradDrop) takes one step
   everywhere; a stateful method's checkpointed state is rank 0's.
 
+What happens when one process fails (a bounded wait, every process stopping with an error
+that says why) is in :mod:`paretoopt.integrations.faults`.
+
 Every function here is a no-op on one process (``torch.distributed`` not initialised), so
 the same training code runs with and without a launcher.
 """

@@ -175,6 +175,59 @@ def test_mo_weights_of_the_wrong_length(two_task_dir: Path, tmp_path: Path) -> N
     assert _unchanged(model, before)
 
 
+# ------------------------------------------------------- sharded engines, collectives
+
+
+def test_mo_fsdp_and_deepspeed_are_refused_when_built(
+    two_task_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # accelerate launch --use_fsdp: refused even on the CPU, where accelerate would run DDP.
+    args = _mo_args(tmp_path, combiner="pama")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"^MultiObjectiveTrainer does not support FSDP \(asked "
+                       r"for by ACCELERATE_USE_FSDP=true, .*use DDP instead"):  # fmt: skip
+        MultiObjectiveTrainer(load_two_task(two_task_dir), args, train_dataset=two_task_data(8))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    # The arguments of a multi-process run (one process refuses fsdp=... itself).
+    for field, value, engine in (("fsdp", True, "FSDP"), ("deepspeed", "ds.json", "DeepSpeed")):
+        args = _mo_args(tmp_path, combiner="mgda")
+        setattr(args, field, value)
+        asked = rf"does not support {engine} \(asked for by TrainingArguments.{field}={value!r}\)"
+        with pytest.raises(ValueError, match=asked + ": the combiners take"):
+            MultiObjectiveTrainer(load_two_task(two_task_dir), args, train_dataset=two_task_data(8))
+
+
+def test_moppo_fsdp_and_deepspeed_are_refused_before_loading(
+    tiny_lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_policy_loading
+) -> None:
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
+
+    cfg = MOPPOConfig(steps=1, batch_size=2, mini_batch_size=2, output_dir=str(tmp_path))
+    kw = dict(prompts=PROMPTS, rewards=["length", "length:8:0:1:words"])
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"^MOPPOTrainer does not support FSDP .*use DDP instead"
+                       r".*use LoRA \(use_lora\)"):  # fmt: skip
+        MOPPOTrainer(cfg, str(tiny_lm), **kw)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(
+        ValueError, match=r"does not support DeepSpeed .*distributed_type DEEPSPEED"
+    ):
+        MOPPOTrainer(cfg, str(tiny_lm), accelerator=deepspeed, **kw)
+
+
+@pytest.mark.parametrize("value", [0, -5.0, float("inf"), "600", True])
+def test_collective_timeout_that_is_not_a_positive_number(value) -> None:
+    from paretoopt.integrations.hf import MOPPOConfig
+
+    with pytest.raises(ValueError, match=r"MOPPOConfig.collective_timeout must be a finite number "
+                       rf"of seconds > 0 or None, got {value!r}"):  # fmt: skip
+        MOPPOConfig(collective_timeout=value)
+
+
 # ------------------------------------------------------------------ CLI and datasets
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "is_checkpoint",
     "resolve_resume",
     "restore_rng_state",
+    "resume_advice",
 ]
 
 STATE_FILE = "trainer_state.json"
@@ -167,6 +168,20 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     if not is_checkpoint(path):
         raise FileNotFoundError(f"{path} is not a checkpoint (no {STATE_FILE})")
     return path
+
+
+def resume_advice(output_dir: str | Path) -> str:
+    """What a stopped run's error tells the user: the checkpoint a restart resumes from."""
+    latest = find_latest_checkpoint(output_dir)
+    if latest is None:
+        return (
+            f"No checkpoint was written in {output_dir} yet: a restart begins at step 1 "
+            "(save_every sets how often one is written)."
+        )
+    return (
+        f"The last complete checkpoint is {latest}: once the cause is fixed, restart every "
+        "process with resume_from='auto' (paretoopt train --resume auto) to continue from it."
+    )
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the same, or start fresh when there is none (for restarted jobs)",
     )
     p.add_argument(
+        "--collective-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under several processes, how long a collective waits for a process that hangs "
+        "before every process stops (default 600)",
+    )
+    p.add_argument(
         "--report-to", nargs="*", help="transformers integrations, e.g. tensorboard wandb"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -288,6 +295,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "forward_chunk_size",
         "micro_batch_size",
         "export_dir",
+        "collective_timeout",
     ]
     for key in direct:
         value = getattr(args, key)
@@ -320,6 +328,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``paretoopt train``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from ..faults import DistributedRunError
+
     try:
         from . import MOPPOTrainer
         from .reward_models import parse_reward_specs
@@ -350,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RewardError, ValueError, FileNotFoundError, ImportError) as exc:
         print(f"paretoopt train: error: {exc}", file=sys.stderr)
         return 2
+    except DistributedRunError as exc:
+        # Another process failed first; its log holds the cause, this one says what followed.
+        print(f"paretoopt train: error: {exc}", file=sys.stderr)
+        return 1
     if trainer.accelerator.is_main_process:
         last = history[-1] if history else {}
         shown = {k: round(v, 4) for k, v in last.items() if k.startswith(("reward/", "kl"))}

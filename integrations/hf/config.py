@@ -223,6 +223,13 @@ class MOPPOConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     cpu: bool = False
     """Force CPU even if an accelerator is present."""
+    collective_timeout: float | None = 600.0
+    """Seconds a collective operation (DDP's gradient all-reduce, a barrier) waits for the
+    other processes before it raises, set on the process group whoever started it; None keeps
+    the group's own (30 minutes for gloo, 10 for NCCL). A process that raises or is killed
+    stops the others at once; this bounds the wait for one that hangs. The longest wait of a
+    healthy run is the others waiting while process 0 writes a checkpoint: raise it for
+    checkpoints that take minutes to write (docs/reliability.md, "Distributed faults")."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -285,6 +292,17 @@ class MOPPOConfig:
             raise ValueError("MOPPOConfig.top_k, min_new_tokens and save_every must be >= 0")
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError("MOPPOConfig.min_new_tokens must not exceed max_new_tokens")
+        timeout = self.collective_timeout
+        if timeout is not None and not (
+            isinstance(timeout, (int, float))
+            and not isinstance(timeout, bool)
+            and math.isfinite(timeout)
+            and timeout > 0
+        ):
+            raise ValueError(
+                "MOPPOConfig.collective_timeout must be a finite number of seconds > 0 or None, "
+                f"got {timeout!r}"
+            )
         if self.reward_clip is not None and not self.reward_clip > 0:
             raise ValueError(f"MOPPOConfig.reward_clip must be > 0 or None, got {self.reward_clip}")
         if isinstance(self.report_to, str):

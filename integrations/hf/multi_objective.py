@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import find_batch_size
@@ -56,6 +55,7 @@ from paretoopt import (
 )
 
 from ..distributed import DistributedMGDA, DistributedTorchJD, all_reduce_sum, is_distributed
+from ..faults import refuse_sharded_training, set_collective_timeout, stop_together
 from .objectives import (
     ObjectiveLayout,
     SharedCapture,
@@ -126,6 +126,11 @@ class MultiObjectiveTrainingArguments(TrainingArguments):
     log_combiner_stats: bool = field(
         default=True, metadata={"help": "log the combiner's stats (min-norm, veto rate, ...)"}
     )
+    ddp_timeout: int = field(
+        default=600,
+        metadata={"help": "seconds a collective waits for the other processes before every "
+                  "process stops (transformers' default: 1800)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -175,6 +180,26 @@ def check_weight_count(combiner: Combiner, names: list[str]) -> None:
             f"{type(combiner).__name__} has {len(weights)} weights {list(weights)} for "
             f"{len(names)} objectives {names}: give one weight per objective, in their order"
         )
+
+
+def _refuse_sharding(args: TrainingArguments, distributed_type: Any = None) -> None:
+    """FSDP and DeepSpeed, asked for by the arguments, accelerate's environment or the built
+    accelerator, are refused before any step (on the CPU accelerate would run DDP instead)."""
+    requested = {}
+    if getattr(args, "fsdp", None):
+        requested["FSDP"] = f"TrainingArguments.fsdp={args.fsdp!r}"
+    if getattr(args, "deepspeed", None):
+        requested["DeepSpeed"] = f"TrainingArguments.deepspeed={args.deepspeed!r}"
+    refuse_sharded_training(
+        "MultiObjectiveTrainer",
+        "the combiners take per-objective gradients with torch.autograd.grad, which under FSDP "
+        "or DeepSpeed ZeRO sees only this process's shard of the flattened parameters and "
+        "bypasses their gather and reduce hooks",
+        "; to save memory use PEFT (LoRA), gradient checkpointing, or a smaller "
+        "per_device_train_batch_size with gradient_accumulation_steps",
+        distributed_type=distributed_type,
+        requested=requested,
+    )
 
 
 def _arg(args: TrainingArguments, name: str) -> Any:
@@ -242,7 +267,11 @@ class MultiObjectiveTrainer(Trainer):
             raise TypeError(f"combiner must be a paretoopt Combiner, got {type(combiner).__name__}")
         if args is None:
             args = MultiObjectiveTrainingArguments(output_dir="trainer_output")
+        _refuse_sharding(args)
         super().__init__(model, args, **kwargs)
+        _refuse_sharding(args, self.accelerator.distributed_type)
+        # Also on a process group started before this trainer (ddp_timeout applies at its start).
+        set_collective_timeout(self.args.ddp_timeout)
         self.combiner = combiner if combiner is not None else self._combiner_from_args()
         self.compute_losses = compute_losses
         self._losses_accept_items = compute_losses is not None and (
@@ -434,6 +463,29 @@ class MultiObjectiveTrainer(Trainer):
             f"{[n for n, _ in self._root(model).named_children()]}), or use combiner='mgda'"
         )
 
+    def train(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """``Trainer.train``; under several processes, one process failing (an error, a kill, a
+        hang past ``ddp_timeout``) stops every process, each saying why and from which
+        checkpoint to restart (:func:`paretoopt.integrations.faults.stop_together`)."""
+        with stop_together(
+            lambda: f" at step {self.state.global_step + 1}",
+            self._resume_advice,
+            self.args.ddp_timeout,
+        ):
+            return super().train(*args, **kwargs)
+
+    def _resume_advice(self) -> str:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        out = self.args.output_dir
+        latest = get_last_checkpoint(out) if out and os.path.isdir(out) else None
+        if latest is None:
+            return f"No checkpoint was written in {out} yet: a restart begins at step 1."
+        return (
+            f"The last checkpoint is {latest}: once the cause is fixed, restart every process "
+            "with trainer.train(resume_from_checkpoint=True) to continue from it."
+        )
+
     # ---- the step ---------------------------------------------------------------------
 
     def _check_setting(self) -> None:
@@ -441,11 +493,6 @@ class MultiObjectiveTrainer(Trainer):
             raise RuntimeError(
                 "MultiObjectiveTrainer does not support torch.nn.DataParallel (n_gpu > 1): "
                 "launch one process per GPU (accelerate launch / torchrun) for DDP"
-            )
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise NotImplementedError(
-                "MultiObjectiveTrainer does not support DeepSpeed: its per-objective gradients "
-                "need torch.autograd.grad on unpartitioned parameters; use DDP"
             )
 
     def _layout_for(self, model: nn.Module, names: list[str]) -> ObjectiveLayout:

@@ -131,11 +131,12 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
         )
     if bool(state.get("use_lora")) != trainer.config.use_lora:
         raise ValueError(f"checkpoint {folder} use_lora={state.get('use_lora')} differs")
-    heads = load_file(str(folder / "value_heads.safetensors"), device=str(trainer.device))
+    # accelerate gives each process of a multi-process CPU run an indexed device ("cpu:1"),
+    # which safetensors and torch.load refuse: plain "cpu" there.
+    device = "cpu" if trainer.device.type == "cpu" else str(trainer.device)
+    heads = load_file(str(folder / "value_heads.safetensors"), device=device)
     trainer.unwrapped.value_heads.load_state_dict(heads)
-    optim_state = torch.load(
-        folder / "optimizer.pt", map_location=trainer.device, weights_only=True
-    )
+    optim_state = torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
     trainer.optimizer.load_state_dict(optim_state)
     trainer.kl_controller.load_state_dict(state["kl_controller"])
     restore_combiner_state(trainer.combiner, folder)

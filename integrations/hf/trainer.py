@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..faults import refuse_sharded_training, set_collective_timeout, stop_together
 from .advantages import (
     AdaptiveKLController,
     MinNormAdvantages,
@@ -38,7 +39,7 @@ from .advantages import (
     normalize_advantages,
     scalarize_advantages,
 )
-from .checkpoint import RESUME_MODES, clean_interrupted_writes, resolve_resume
+from .checkpoint import RESUME_MODES, clean_interrupted_writes, resolve_resume, resume_advice
 from .config import SCALARISED_COMBINERS, WEIGHTED_COMBINERS, MOPPOConfig
 from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
 from .evaluation import (
@@ -119,9 +120,20 @@ class MOPPOTrainer:
 
         config.validate()
         self.config = config
+        refuse_sharded_training(
+            "MOPPOTrainer",
+            "generation and the rollout's forward passes run the unwrapped policy, whose "
+            "parameters these engines shard across the processes, and the gradient combiners "
+            "(mgda, the torchjd zoo over parameters) differentiate the sharded parameters",
+            "; to save memory use LoRA (use_lora), 4- or 8-bit base weights (load_in_4bit, "
+            "load_in_8bit), gradient_checkpointing and micro_batch_size",
+            distributed_type=getattr(accelerator, "distributed_type", None),
+        )
         self.accelerator = accelerator or Accelerator(
             cpu=config.cpu, mixed_precision=config.mixed_precision
         )
+        # Bounded: a process that hangs stops the others after this long, not gloo's 30 min.
+        set_collective_timeout(config.collective_timeout)
         self.device = self.accelerator.device
         # The same seed on every process: value heads (and LoRA) start identical.
         set_seed(config.seed)
@@ -479,41 +491,57 @@ class MOPPOTrainer:
 
             bar = tqdm(total=cfg.steps, initial=self.global_step, desc="moppo", dynamic_ncols=True)
         try:
-            if self.global_step == 0 and self.value_warmup_step < cfg.value_warmup_steps:
-                run_value_warmup(self)
-                if cfg.save_every:
-                    self.save_checkpoint()  # checkpoint-0: a resumed run skips the warm-up
-            while self.global_step < cfg.steps:
-                metrics = self.step()
-                self.log(metrics)
-                if bar is not None:
-                    bar.update(1)
-                    shown = {
-                        k.split("/", 1)[1]: f"{v:.3g}"
-                        for k, v in metrics.items()
-                        if k.startswith("reward/")
-                    }
-                    shown["kl"] = f"{metrics['kl']:.3g}"
-                    bar.set_postfix(shown)
-                if cfg.eval_every and self.global_step % cfg.eval_every == 0:
-                    self.run_evaluation()
-                if cfg.save_every and self.global_step % cfg.save_every == 0:
-                    self.save_checkpoint()
-            evaluated = (
-                bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
-            )
-            if self.eval_prompts is not None and not evaluated:
-                self.run_evaluation()
-            if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
-                self.save_checkpoint()
-            if cfg.export_dir is not None:
-                self.export(cfg.export_dir, merged=cfg.export_merged)
+            # One process failing (a reward, a kill, a hang) stops every process, each saying
+            # why and from which checkpoint to restart.
+            advice = lambda: resume_advice(self.output_dir)  # noqa: E731
+            with stop_together(self._step_in_progress, advice, cfg.collective_timeout):
+                self._train_loop(bar)
         finally:
             if bar is not None:
                 bar.close()
             if self._report is not None:
                 self._report.on_train_end()
         return self.history
+
+    def _train_loop(self, bar: Any) -> None:
+        """The steps of ``train()``: warm-up, steps with their evaluations and checkpoints,
+        the final evaluation, checkpoint and export."""
+        cfg = self.config
+        if self.global_step == 0 and self.value_warmup_step < cfg.value_warmup_steps:
+            run_value_warmup(self)
+            if cfg.save_every:
+                self.save_checkpoint()  # checkpoint-0: a resumed run skips the warm-up
+        while self.global_step < cfg.steps:
+            metrics = self.step()
+            self.log(metrics)
+            if bar is not None:
+                bar.update(1)
+                shown = {
+                    k.split("/", 1)[1]: f"{v:.3g}"
+                    for k, v in metrics.items()
+                    if k.startswith("reward/")
+                }
+                shown["kl"] = f"{metrics['kl']:.3g}"
+                bar.set_postfix(shown)
+            if cfg.eval_every and self.global_step % cfg.eval_every == 0:
+                self.run_evaluation()
+            if cfg.save_every and self.global_step % cfg.save_every == 0:
+                self.save_checkpoint()
+        evaluated = bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
+        if self.eval_prompts is not None and not evaluated:
+            self.run_evaluation()
+        if cfg.save_final and not (cfg.save_every and self.global_step % cfg.save_every == 0):
+            self.save_checkpoint()
+        if cfg.export_dir is not None:
+            self.export(cfg.export_dir, merged=cfg.export_merged)
+
+    def _step_in_progress(self) -> str:
+        """Where ``train()`` is, for an error message: " at step 3", " after step 20"."""
+        if self.global_step == 0 and self.value_warmup_step < self.config.value_warmup_steps:
+            return f" at value warm-up step {self.value_warmup_step + 1}"
+        if self.global_step < self.config.steps:
+            return f" at step {self.global_step + 1}"
+        return f" after its last step ({self.global_step})"
 
     def evaluate(self, prompts: Sequence[Prompt] | Any = None) -> EvalResult:
         """Held-out rewards and hypervolumes of the current policy on ``prompts`` (default
