@@ -307,3 +307,15 @@ def test_a_tuning_record_runs_own_best_transfer_and_the_paper_arm(tmp_path) -> N
     md = (out / "study.md").read_text()
     for heading in ("own best", "paper's own set-up", "transfer", "pre-registered verdict"):
         assert heading in md.lower()
+
+
+def test_the_stored_choice_is_the_committed_tuning_record() -> None:
+    """`paretoopt study` without --tune runs each task at the setting docs/study/tuning.json
+    chose; the paper arm and each method's own best need the record itself (--tuning)."""
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parents[1] / "docs/study/tuning.json").read_text())
+    for task, hp in protocol.CHOSEN_TASK_HPARAMS.items():
+        assert asdict(hp) == tuning.chosen_for(record, task)
+    assert set(record["per_method"]["sentiment_length"]) == set(protocol.FULL_METHODS)
+    assert record["paper"]["chosen"]["ratio_to"] == "ref"

@@ -425,17 +425,20 @@ def run_grpo_job(job: dict[str, Any], config: GRPOStudyConfig, cache_dir: str | 
         hp = GRPOHparams(**job["hparams"]) if "hparams" in job else config.hparams_for(job["task"])
         steps = job.get("steps", config.steps)
         checkpoints = set(job.get("eval_steps", config.eval_steps))
-        args = grpo_args(
-            job["method"],
-            len(task.objectives),
-            task.max_new_tokens,
-            hp,
-            config,
-            seed=(TUNING_SEED_OFFSET if tune else 0) + job["seed"],
-            steps=steps,
-            output_dir=str(Path(work) / job_name(job)),
-            weights=job.get("weights"),
-        )
+        with warnings.catch_warnings():
+            # GRPOConfig's own defaults reach transformers' renamed gradient checkpointing
+            warnings.filterwarnings("ignore", ".*checkpointing.*deprecated", FutureWarning)
+            args = grpo_args(
+                job["method"],
+                len(task.objectives),
+                task.max_new_tokens,
+                hp,
+                config,
+                seed=(TUNING_SEED_OFFSET if tune else 0) + job["seed"],
+                steps=steps,
+                output_dir=str(Path(work) / job_name(job)),
+                weights=job.get("weights"),
+            )
         if job["method"] in PAMA_METHODS:
             from paretoopt.integrations.trl import PAMAGRPOTrainer as trainer_cls
         else:

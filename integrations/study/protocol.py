@@ -83,7 +83,9 @@ CHOSEN_HPARAMS = Hparams(
 )
 CHOSEN_TASK_HPARAMS: dict[str, Hparams] = {
     "sentiment_length": CHOSEN_HPARAMS,
-    "support_replies": CHOSEN_HPARAMS,
+    "support_replies": Hparams(
+        learning_rate=1e-4, kl_coef=0.1, ratio_to="old", advantage_normalization="whiten"
+    ),
 }
 #: The paper's arm: these trainer settings on top of a run's hyper-parameters.
 PAPER_ARM = {"adaptive_kl": True, "target_kl": 3.0}
