@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from paretoopt.functional import MinNormMethod, gram_matrix, min_norm_weights
+from paretoopt.min_norm import MinNormMethod, gram_matrix, min_norm_weights
 
 __all__ = ["MGDAReferenceResult", "flatten_gradients", "mgda_reference_step"]
 

@@ -8,7 +8,7 @@ scalarization, behind one interface::
     result.loss.backward()
 """
 
-from . import functional, losses, pareto, zoo
+from . import functional, losses, min_norm, pareto, zoo
 from .combiners import (
     MGDA,
     NORMALIZATIONS,
@@ -19,20 +19,16 @@ from .combiners import (
     TorchJD,
     make_combiner,
 )
-from .functional import (
-    GRANULARITIES,
+from .functional import GRANULARITIES, noon_clip, pama_advantages, pama_closed_form, pama_stats
+from .losses import pama_ppo_loss, ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
+from .min_norm import (
     MIN_NORM_METHODS,
     MinNormResult,
     gram_matrix,
     kkt_residual,
     min_norm_weights,
-    noon_clip,
-    pama_advantages,
-    pama_closed_form,
-    pama_stats,
     project_simplex,
 )
-from .losses import pama_ppo_loss, ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
 from .pareto import dominates, hypervolume, pareto_front, pareto_mask, pareto_stationarity
 from .training import combine_and_backward
 
@@ -58,6 +54,7 @@ __all__ = [
     "kkt_residual",
     "losses",
     "make_combiner",
+    "min_norm",
     "min_norm_weights",
     "noon_clip",
     "pama_advantages",

@@ -23,15 +23,8 @@ import torch
 from torch import Tensor
 
 from ._validation import check_finite, check_losses
-from .functional import (
-    GRANULARITIES,
-    MIN_NORM_METHODS,
-    Granularity,
-    MinNormMethod,
-    gram_matrix,
-    min_norm_weights,
-    pama_closed_form,
-)
+from .functional import GRANULARITIES, Granularity, pama_closed_form
+from .min_norm import MIN_NORM_METHODS, MinNormMethod, gram_matrix, min_norm_weights
 
 if TYPE_CHECKING:
     from .zoo import TorchJD

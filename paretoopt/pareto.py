@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .functional import gram_matrix, min_norm_weights
+from .min_norm import gram_matrix, min_norm_weights
 
 __all__ = ["dominates", "hypervolume", "pareto_front", "pareto_mask", "pareto_stationarity"]
 

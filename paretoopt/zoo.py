@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ._validation import check_finite
 from .combiners import MGDA, Combiner, CombineResult, _check_shared, _grads_wrt, _with_value
-from .functional import gram_matrix
+from .min_norm import gram_matrix
 
 __all__ = ["ZOO", "ZOO_NAMES", "TorchJD", "ZooMethod", "zoo_combiner"]
 
