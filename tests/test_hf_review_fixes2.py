@@ -17,13 +17,12 @@ pytest.importorskip("accelerate")
 
 from hf_fixtures import PROMPTS, make_tiny_lm, make_two_head_reward_model
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
-from paretoopt.integrations.hf.reward_models import (
-    RewardHead,
+from paretoopt.integrations.hf.reward_models import RewardHead, shared_reward_model
+from paretoopt.integrations.hf.rewards import (
     bind_prompt_texts,
-    shared_reward_model,
+    parse_reward_spec,
     unique_reward_names,
 )
-from paretoopt.integrations.hf.rewards import parse_reward_spec
 
 pytestmark = pytest.mark.hf
 

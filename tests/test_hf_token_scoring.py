@@ -249,7 +249,8 @@ def test_conversations_keep_the_text_path(tmp_path: Path, tmp_path_factory) -> N
 
 
 def test_only_reward_models_get_the_ids() -> None:
-    from paretoopt.integrations.hf.reward_models import accepts_tokens, bind_prompt_texts
+    from paretoopt.integrations.hf.reward_models import accepts_tokens
+    from paretoopt.integrations.hf.rewards import bind_prompt_texts
 
     def mine(prompts, responses, tokens=None):  # a parameter of its own that happens to match
         return [float(tokens is None)] * len(responses)

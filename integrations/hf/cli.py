@@ -332,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from . import MOPPOTrainer
-        from .reward_models import parse_reward_specs
-        from .rewards import RewardError
+        from .rewards import RewardError, parse_reward_specs
 
         config = _config_from_args(args)
         prompts, eval_prompts = _prompts_from_args(args)

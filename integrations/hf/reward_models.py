@@ -25,8 +25,6 @@ ids do not decode to exactly the text the text path would score goes through the
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -37,19 +35,16 @@ import torch
 
 from .data import is_conversation, with_response
 from .rollout import ExchangeTokens
+from .tokenizer_match import added_special_ids, same_tokenizer
 
 __all__ = [
     "RewardHead",
     "RewardModel",
-    "accepts_prompt_texts",
     "accepts_tokens",
     "added_special_ids",
-    "bind_prompt_texts",
     "parse_reward_model_spec",
-    "parse_reward_specs",
     "same_tokenizer",
     "shared_reward_model",
-    "unique_reward_names",
 ]
 
 
@@ -535,24 +530,6 @@ def parse_reward_model_spec(spec: str, **options: Any) -> list[RewardHead]:
     return [model.head(label, name) for name, label in zip(names, labels, strict=True)]
 
 
-def accepts_prompt_texts(fn: Any) -> bool:
-    """Whether a reward function takes the ``prompt_texts`` keyword (or ``**kwargs``); for a
-    command-line :class:`~.rewards.NamedReward`, whether the function it wraps does."""
-    import inspect
-
-    from .rewards import NamedReward
-
-    if isinstance(fn, NamedReward):
-        fn = fn.fn
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "prompt_texts" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-
-
 def accepts_tokens(fn: Any) -> bool:
     """Whether a reward function gets the rollout's ids (:class:`~.rollout.ExchangeTokens`): a
     :class:`RewardHead` whose call names a ``tokens`` parameter. Other callables never do (a
@@ -565,109 +542,3 @@ def accepts_tokens(fn: Any) -> bool:
         return "tokens" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-
-
-def bind_prompt_texts(
-    fn: Any, prompt_texts: Sequence[str], tokens: ExchangeTokens | None = None
-) -> Any:
-    """``fn`` as a two-argument reward function that also receives ``prompt_texts`` (the
-    prompts as the policy saw them) when it takes that keyword, and ``tokens`` (the same
-    exchanges' ids) when given and it names that parameter; ``fn`` itself otherwise."""
-    kwargs: dict[str, Any] = {}
-    if accepts_prompt_texts(fn):
-        kwargs["prompt_texts"] = list(prompt_texts)
-    if tokens is not None and accepts_tokens(fn):
-        kwargs["tokens"] = tokens
-    if not kwargs:
-        return fn
-
-    def bound(prompts: Sequence[Any], responses: Sequence[str]) -> Any:
-        return fn(prompts, responses, **kwargs)
-
-    return bound
-
-
-_PROBE = "hello"
-
-
-def added_special_ids(tokenizer: Any) -> tuple[list[int], list[int]] | None:
-    """The ids ``tokenizer`` adds before and after a text (``add_special_tokens=True``), e.g.
-    ``([bos], [])``; None when they cannot be told apart from the text's own ids."""
-    plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
-    full = tokenizer(_PROBE, add_special_tokens=True)["input_ids"]
-    if not plain:
-        return None
-    starts = [i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain]
-    if len(starts) != 1:
-        return None
-    return full[: starts[0]], full[starts[0] + len(plain) :]
-
-
-_TOKENIZER_ATTRIBUTES = ("all_special_ids", "clean_up_tokenization_spaces", "model_input_names")
-
-
-def same_tokenizer(a: Any, b: Any) -> bool:
-    """Whether two tokenizers map text to ids and ids to text identically: the same object, or
-    fast tokenizers of one class whose backends serialise identically (vocabulary, merges,
-    added and special tokens, normaliser, pre-tokeniser, post-processor, decoder; the padding
-    and truncation state aside) with the same special ids, clean-up and model inputs.
-    Anything else (a slow tokenizer, a different vocabulary) is not the same."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    backends = [getattr(t, "backend_tokenizer", None) for t in (a, b)]
-    if any(backend is None for backend in backends):
-        return False
-    states = []
-    for backend in backends:
-        state = json.loads(backend.to_str())
-        state.pop("padding", None)
-        state.pop("truncation", None)
-        states.append(state)
-    if states[0] != states[1]:
-        return False
-    return all(getattr(a, k, None) == getattr(b, k, None) for k in _TOKENIZER_ATTRIBUTES)
-
-
-_MULTI_LABELS = re.compile(r".*:-?\d+(,-?\d+)+")
-
-
-def parse_reward_specs(spec: str) -> list[Any]:
-    """One command-line ``--reward`` spec -> its reward functions (one per objective).
-
-    ``N1,N2=PATH:L1,L2`` (several names or labels) -> :func:`parse_reward_model_spec`;
-    anything else -> ``[rewards.parse_reward_spec(spec)]``.
-    """
-    from .rewards import parse_reward_spec
-
-    name, eq, body = spec.strip().partition("=")
-    if (eq and "," in name) or _MULTI_LABELS.fullmatch(body if eq else name):
-        return list(parse_reward_model_spec(spec))
-    return [parse_reward_spec(spec)]
-
-
-def unique_reward_names(fns: Sequence[Any], names: Sequence[str] | None) -> list[str]:
-    """One metric name per reward function (given, or the functions' own), made unique by
-    suffixes ``_1``, ``_2`` so that metric keys never collide."""
-    from .rewards import reward_name
-
-    if names is None:
-        names = [reward_name(fn, i) for i, fn in enumerate(fns)]
-    names = [str(n) for n in names]
-    if len(names) != len(fns):
-        raise ValueError(f"{len(names)} reward_names for {len(fns)} reward functions")
-    # Every name as given is reserved, so that a suffix never takes another reward's name
-    # (['a', 'a', 'a_1'] -> ['a', 'a_2', 'a_1']): count on until the name is free.
-    taken = set(names)
-    seen: set[str] = set()
-    unique = []
-    for name in names:
-        candidate, k = name, 0
-        while candidate in seen or (k > 0 and candidate in taken):
-            k += 1
-            candidate = f"{name}_{k}"
-        seen.add(candidate)
-        taken.add(candidate)
-        unique.append(candidate)
-    return unique

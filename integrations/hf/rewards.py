@@ -18,7 +18,12 @@ from typing import Any, NoReturn, Protocol
 
 import torch
 
-from .reward_models import RewardHead, bind_prompt_texts, shared_reward_model
+from .reward_models import (
+    RewardHead,
+    accepts_tokens,
+    parse_reward_model_spec,
+    shared_reward_model,
+)
 from .rollout import ExchangeTokens
 
 __all__ = [
@@ -26,12 +31,16 @@ __all__ = [
     "RewardError",
     "RewardFunction",
     "RewardModelFunction",
+    "accepts_prompt_texts",
+    "bind_prompt_texts",
     "import_reward_function",
     "length_reward",
     "make_length_reward",
     "parse_reward_spec",
+    "parse_reward_specs",
     "reward_name",
     "score_batch",
+    "unique_reward_names",
 ]
 
 
@@ -192,7 +201,7 @@ class NamedReward:
 
     def __call__(self, prompts: list[str], responses: list[str], **kwargs: Any) -> Any:
         # ``prompt_texts`` arrives only when the wrapped function takes it
-        # (:func:`.reward_models.accepts_prompt_texts` looks through this wrapper).
+        # (:func:`accepts_prompt_texts` looks through this wrapper).
         return self.fn(prompts, responses, **kwargs)
 
     def __repr__(self) -> str:
@@ -276,6 +285,81 @@ def parse_reward_spec(spec: str) -> Callable[[list[str], list[str]], Sequence[fl
     return RewardModelFunction(path, label, name=name)
 
 
+def accepts_prompt_texts(fn: Any) -> bool:
+    """Whether a reward function takes the ``prompt_texts`` keyword (or ``**kwargs``); for a
+    command-line :class:`~.rewards.NamedReward`, whether the function it wraps does."""
+    import inspect
+
+    if isinstance(fn, NamedReward):
+        fn = fn.fn
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "prompt_texts" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+
+
+def bind_prompt_texts(
+    fn: Any, prompt_texts: Sequence[str], tokens: ExchangeTokens | None = None
+) -> Any:
+    """``fn`` as a two-argument reward function that also receives ``prompt_texts`` (the
+    prompts as the policy saw them) when it takes that keyword, and ``tokens`` (the same
+    exchanges' ids) when given and it names that parameter; ``fn`` itself otherwise."""
+    kwargs: dict[str, Any] = {}
+    if accepts_prompt_texts(fn):
+        kwargs["prompt_texts"] = list(prompt_texts)
+    if tokens is not None and accepts_tokens(fn):
+        kwargs["tokens"] = tokens
+    if not kwargs:
+        return fn
+
+    def bound(prompts: Sequence[Any], responses: Sequence[str]) -> Any:
+        return fn(prompts, responses, **kwargs)
+
+    return bound
+
+
+_MULTI_LABELS = re.compile(r".*:-?\d+(,-?\d+)+")
+
+
+def parse_reward_specs(spec: str) -> list[Any]:
+    """One command-line ``--reward`` spec -> its reward functions (one per objective).
+
+    ``N1,N2=PATH:L1,L2`` (several names or labels) -> :func:`parse_reward_model_spec`;
+    anything else -> ``[rewards.parse_reward_spec(spec)]``.
+    """
+    name, eq, body = spec.strip().partition("=")
+    if (eq and "," in name) or _MULTI_LABELS.fullmatch(body if eq else name):
+        return list(parse_reward_model_spec(spec))
+    return [parse_reward_spec(spec)]
+
+
+def unique_reward_names(fns: Sequence[Any], names: Sequence[str] | None) -> list[str]:
+    """One metric name per reward function (given, or the functions' own), made unique by
+    suffixes ``_1``, ``_2`` so that metric keys never collide."""
+    if names is None:
+        names = [reward_name(fn, i) for i, fn in enumerate(fns)]
+    names = [str(n) for n in names]
+    if len(names) != len(fns):
+        raise ValueError(f"{len(names)} reward_names for {len(fns)} reward functions")
+    # Every name as given is reserved, so that a suffix never takes another reward's name
+    # (['a', 'a', 'a_1'] -> ['a', 'a_2', 'a_1']): count on until the name is free.
+    taken = set(names)
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, k = name, 0
+        while candidate in seen or (k > 0 and candidate in taken):
+            k += 1
+            candidate = f"{name}_{k}"
+        seen.add(candidate)
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
 def _cut(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -299,7 +383,7 @@ def score_batch(
     """Call every reward function; return scores ``[n, B]`` (float32, CPU).
 
     ``prompt_texts`` and ``tokens`` go to the functions that take them
-    (:func:`~.reward_models.bind_prompt_texts`). Raises :class:`RewardError` naming the
+    (:func:`bind_prompt_texts`). Raises :class:`RewardError` naming the
     function, the step and, where one is to blame, the prompt (its index in the batch and
     its text) if a function raises, returns something other than one number per response,
     or returns NaN / inf. To find the prompt a function raised on, it is called again on

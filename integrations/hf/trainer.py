@@ -65,8 +65,8 @@ from .models import (
 )
 from .pama import check_pama_route, pama_targets
 from .reporting import Reporter, append_jsonl
-from .reward_models import RewardHead, accepts_tokens, unique_reward_names
-from .rewards import parse_reward_spec, score_batch
+from .reward_models import RewardHead, accepts_tokens
+from .rewards import parse_reward_spec, score_batch, unique_reward_names
 from .rollout import Rollout, check_prompts_fit, generate_rollout, warn_processed_sampling
 from .state import drop_lines_after, load_training_state, save_checkpoint
 from .update import RolloutBatch, check_accumulation, ppo_update
