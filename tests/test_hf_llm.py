@@ -142,8 +142,9 @@ def test_export_adapter_and_merged_weights_load_and_match(tiny_lm: Path, tmp_pat
     trainer = make_trainer(tiny_lm, tmp_path, use_lora=True, lora_r=4, lora_alpha=8)
     trainer.train()
     out = export_model(
-        trainer, tmp_path / "ship", merged=True, eval_metrics={"eval/reward/len": 0.25}
-    )
+        trainer.unwrapped, trainer.tokenizer, trainer.training_summary(), tmp_path / "ship",
+        merged=True, eval_metrics={"eval/reward/len": 0.25},
+    )  # fmt: skip
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert "adapter/adapter_model.safetensors" in files and "merged/model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
@@ -176,14 +177,15 @@ def test_export_full_model_without_lora(tiny_lm: Path, tmp_path: Path) -> None:
 
     trainer = make_trainer(tiny_lm, tmp_path)
     trainer.train()
-    out = export_model(trainer, tmp_path / "ship")
+    summary = trainer.training_summary()
+    out = export_model(trainer.unwrapped, trainer.tokenizer, summary, tmp_path / "ship")
     model = AutoModelForCausalLM.from_pretrained(str(out / "model")).eval()
     trainer.policy.eval()
     want = logits_of(trainer.policy, trainer.tokenizer, PROMPTS[:2])
     torch.testing.assert_close(logits_of(model, trainer.tokenizer, PROMPTS[:2]), want)
     assert "not evaluated" in (out / "README.md").read_text()
     with pytest.raises(ValueError, match="merged=True needs use_lora=True"):
-        export_model(trainer, tmp_path / "ship2", merged=True)
+        export_model(trainer.unwrapped, trainer.tokenizer, summary, tmp_path / "ship2", merged=True)
 
 
 # -------------------------------------------------------------- quantisation

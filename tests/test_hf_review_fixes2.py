@@ -251,8 +251,8 @@ def test_model_card_reports_a_given_combiner(tiny_lm: Path, tmp_path: Path) -> N
     given = LinearScalarization([0.25, 0.75])
     trainer = MOPPOTrainer(config(tmp_path), str(tiny_lm), prompts=PROMPTS,
                            rewards=[word_count, prompt_words], combiner=given)  # fmt: skip
-    card = model_card(trainer, None, None, [])
+    card = model_card(trainer.training_summary(), None, None, [])
     assert repr(given) in card and "**pama**" not in card
     default = MOPPOTrainer(config(tmp_path), str(tiny_lm), prompts=PROMPTS,
                            rewards=[word_count, prompt_words])  # fmt: skip
-    assert "**pama**" in model_card(default, None, None, [])
+    assert "**pama**" in model_card(default.training_summary(), None, None, [])

@@ -19,16 +19,33 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .checkpoint import atomic_write_dir
 
-if TYPE_CHECKING:
-    from .trainer import MOPPOTrainer
+__all__ = ["TrainingSummary", "describe_reward", "export_model", "model_card"]
 
-__all__ = ["describe_reward", "export_model", "model_card"]
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What the model card says of a run: its config, objectives, combiner and length.
+
+    ``combiner_given``: the combiner was an instance passed in (it overrides
+    ``config.combiner``: the card shows its repr); ``kl_coef``: the KL coefficient at the end;
+    ``policy_source``: the name or path the policy was loaded from (None for an instance).
+    """
+
+    config: Any
+    reward_names: Sequence[str]
+    reward_fns: Sequence[Any]
+    combiner: Any
+    global_step: int
+    kl_coef: float
+    combiner_given: bool = False
+    policy_source: str | None = None
 
 
 def describe_reward(fn: Any) -> str:
@@ -48,33 +65,34 @@ def _fmt(value: Any) -> str:
 
 
 def model_card(
-    trainer: MOPPOTrainer,
+    summary: TrainingSummary,
     base_model: str | None,
     eval_metrics: Mapping[str, Any] | None,
     layout: list[str],
 ) -> str:
     """The README.md: objectives and their rewards, combiner, steps, held-out rewards, config."""
-    cfg = trainer.config
+    cfg = summary.config
     lines = ["---", "tags:", "- paretoopt", "- rlhf", "- multi-objective"]
     if base_model:
         lines.append(f"base_model: {base_model}")
     if cfg.use_lora:
         lines.append("library_name: peft")
     lines += ["---", "", "# Multi-objective PPO policy", ""]
-    if getattr(trainer, "combiner_given", False):
-        # An instance passed to the trainer overrides config.combiner: show what trained.
-        used = f"the combiner `{trainer.combiner!r}`"
+    if summary.combiner_given:
+        # An instance passed in overrides config.combiner: show what trained.
+        used = f"the combiner `{summary.combiner!r}`"
     else:
-        combiner = type(trainer.combiner).__name__
+        combiner = type(summary.combiner).__name__
         used = f"the **{cfg.combiner}** combiner (`{combiner}`" + (
             f", granularity {cfg.pama_granularity})" if cfg.combiner == "pama" else ")"
         )
+    n = len(summary.reward_names)
     lines.append(
-        f"Trained from `{base_model or 'a model instance'}` for {trainer.global_step} steps of "
-        f"multi-objective PPO (paretoopt) with {used} against {trainer.n_objectives} objectives."
+        f"Trained from `{base_model or 'a model instance'}` for {summary.global_step} steps of "
+        f"multi-objective PPO (paretoopt) with {used} against {n} objectives."
     )
     lines += ["", "## Objectives", "", "| objective | reward | held-out mean |", "|---|---|---|"]
-    for name, fn in zip(trainer.reward_names, trainer.reward_fns, strict=True):
+    for name, fn in zip(summary.reward_names, summary.reward_fns, strict=True):
         held_out = (eval_metrics or {}).get(f"eval/reward/{name}")
         shown = _fmt(held_out) if held_out is not None else "not evaluated"
         lines.append(f"| {name} | {describe_reward(fn)} | {shown} |")
@@ -87,9 +105,9 @@ def model_card(
             lines.append(f"- hypervolume reference point: {eval_metrics['reference_point']}")
     lines += ["", "## Training", ""]
     lines.append(
-        f"- steps {trainer.global_step}, batch {cfg.batch_size} per process, PPO epochs "
+        f"- steps {summary.global_step}, batch {cfg.batch_size} per process, PPO epochs "
         f"{cfg.ppo_epochs}, learning rate {cfg.learning_rate}, KL coefficient "
-        f"{trainer.kl_controller.value:.4g} at the end (start {cfg.kl_coef}), ratio to "
+        f"{summary.kl_coef:.4g} at the end (start {cfg.kl_coef}), ratio to "
         f"{'pi_ref' if cfg.ratio_to == 'ref' else 'pi_old'}"
     )
     if cfg.use_lora:
@@ -122,18 +140,16 @@ def model_card(
     return "\n".join(lines)
 
 
-def _base_name(trainer: MOPPOTrainer) -> str | None:
-    source = getattr(trainer, "policy_source", None)
+def _base_name(policy: Any, source: str | None) -> str | None:
     if source is not None:
         return str(source)
-    policy = trainer.policy
     peft_config = getattr(policy, "peft_config", None)
     if peft_config:
         return next(iter(peft_config.values())).base_model_name_or_path
     return getattr(getattr(policy, "config", None), "_name_or_path", None) or None
 
 
-def _merged_model(trainer: MOPPOTrainer, adapter_dir: Path, base_model: str | None) -> Any:
+def _merged_model(policy: Any, dtype: Any, adapter_dir: Path, base_model: str | None) -> Any:
     """The adapter merged into a fresh full-precision base (or a copy of the training one)."""
     from peft import PeftModel
 
@@ -143,55 +159,61 @@ def _merged_model(trainer: MOPPOTrainer, adapter_dir: Path, base_model: str | No
     if base_model is not None:
         local = str(base_model).startswith(("/", ".", "~"))
         if not local or Path(base_model).expanduser().exists():
-            base = from_pretrained(base_model, trainer.config.dtype)
+            base = from_pretrained(base_model, dtype)
             return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    if is_quantized(trainer.policy):
+    if is_quantized(policy):
         raise ValueError(
             "cannot merge into quantised weights and the base model's path is unknown; "
             "pass base_model= (its name or path)"
         )
-    return copy.deepcopy(trainer.policy).merge_and_unload()
+    return copy.deepcopy(policy).merge_and_unload()
 
 
 def export_model(
-    trainer: MOPPOTrainer,
+    model: Any,
+    tokenizer: Any,
+    summary: TrainingSummary,
     directory: str | Path,
     *,
+    accelerator: Any = None,
     merged: bool = False,
     eval_metrics: Mapping[str, Any] | None = None,
     base_model: str | None = None,
 ) -> Path:
     """Write the shipped model into ``directory`` (layout in the module docstring).
 
+    ``model``: the policy with its value heads (:class:`~.value_heads.PolicyWithValueHeads`,
+    unwrapped); ``summary``: what the card says of the run; ``accelerator``: under data
+    parallelism the main process writes while the others wait (None: this process writes).
     ``eval_metrics`` (e.g. ``EvalResult.to_dict()``) fill the card's held-out column;
     ``base_model`` overrides where the base weights for merging come from.
     """
     from safetensors.torch import save_file
 
-    cfg = trainer.config
+    cfg = summary.config
     if merged and not cfg.use_lora:
         raise ValueError("merged=True needs use_lora=True: without LoRA the model is full already")
-    base_model = base_model or _base_name(trainer)
-    acc = trainer.accelerator
-    acc.wait_for_everyone()
+    base_model = base_model or _base_name(model.policy, summary.policy_source)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     target = Path(directory)
-    if acc.is_main_process:
-        unwrapped = trainer.unwrapped
+    if accelerator is None or accelerator.is_main_process:
+        unwrapped = model
 
         def write(tmp: Path) -> None:
             layout = []
             main = tmp / ("adapter" if cfg.use_lora else "model")
             unwrapped.policy.save_pretrained(str(main), safe_serialization=True)
-            trainer.tokenizer.save_pretrained(str(main))
+            tokenizer.save_pretrained(str(main))
             folders = [main]
             layout.append(
                 f"`{main.name}/`: "
                 + ("the LoRA adapter and tokenizer" if cfg.use_lora else "the model and tokenizer")
             )
             if merged:
-                model = _merged_model(trainer, main, base_model)
-                model.save_pretrained(str(tmp / "merged"), safe_serialization=True)
-                trainer.tokenizer.save_pretrained(str(tmp / "merged"))
+                merged_model = _merged_model(unwrapped.policy, cfg.dtype, main, base_model)
+                merged_model.save_pretrained(str(tmp / "merged"), safe_serialization=True)
+                tokenizer.save_pretrained(str(tmp / "merged"))
                 folders.append(tmp / "merged")
                 layout.append("`merged/`: the adapter merged into the base weights, and tokenizer")
             heads = {
@@ -202,7 +224,7 @@ def export_model(
             (tmp / "value_heads.json").write_text(
                 json.dumps(
                     {
-                        "objectives": list(trainer.reward_names),
+                        "objectives": list(summary.reward_names),
                         "hidden_size": unwrapped.value_heads.hidden_size,
                     },
                     indent=1,
@@ -210,10 +232,11 @@ def export_model(
             )
             layout.append("`value_heads.safetensors`: one value head per objective (training only)")
             cfg.to_json(tmp / "training_config.json")
-            card = model_card(trainer, base_model, eval_metrics, layout)
+            card = model_card(summary, base_model, eval_metrics, layout)
             for folder in [tmp, *folders]:
                 (folder / "README.md").write_text(card)
 
         atomic_write_dir(target, write)
-    acc.wait_for_everyone()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return target

@@ -1,4 +1,4 @@
-"""Per-step metrics of the trainer and the clock that times each phase of a step.
+"""Per-step metrics of multi-objective PPO and the clock that times each phase of a step.
 
 Metric names (docs/trainer.md lists them): ``reward/<name>``, ``kl``, ``kl_coef``,
 ``response_length``, ``advantage/<name>``, PAMA's ``binding_rate/<name>``, ``conflict_rate``,
@@ -13,14 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .advantages import masked_mean
 
 if TYPE_CHECKING:
-    from .trainer import MOPPOTrainer
     from .update import RolloutBatch
 
 __all__ = ["PhaseClock", "step_metrics", "value_error_metrics"]
@@ -57,16 +56,26 @@ class PhaseClock:
 
 
 def step_metrics(
-    trainer: MOPPOTrainer,
     step: int,
     batch: RolloutBatch,
     update_stats: dict[str, float],
     timings: dict[str, float],
+    *,
+    reward_names: list[str],
+    kl_coef: float,
+    log_pama_weights: bool,
+    accelerator: Any,
 ) -> dict[str, float]:
-    """Per-step metrics, averaged over all processes."""
-    gather = trainer.accelerator.gather
-    names = trainer.reward_names
-    n = trainer.n_objectives
+    """Per-step metrics, averaged over all processes.
+
+    ``kl_coef``: the KL coefficient the batch was trained with; ``log_pama_weights``: the
+    batch carries PAMA's per-token weights (the fast path), logged as ``weights/<name>``;
+    ``accelerator``: gathers over the processes.
+    """
+    gather = accelerator.gather
+    names = reward_names
+    n = len(names)
+    device = accelerator.device
     mask = batch.mask.to(torch.float32)
     lengths = mask.sum(dim=1)
     seq_kl = batch.kl.sum(dim=1)
@@ -76,7 +85,7 @@ def step_metrics(
     for i, name in enumerate(names):
         metrics[f"reward/{name}"] = float(per_sample[:, i].mean())
     metrics["kl"] = float(per_sample[:, n].mean())
-    metrics["kl_coef"] = trainer.kl_controller.value
+    metrics["kl_coef"] = kl_coef
     metrics["response_length"] = float(per_sample[:, n + 1].mean())
     # Token-level metrics: means over this process's valid tokens ...
     token_means: dict[str, float] = {}
@@ -90,7 +99,7 @@ def step_metrics(
     for key in ("conflict_rate", "zero_rate", "mean_s_star"):
         if key in stats:
             token_means[key] = float(stats[key])
-    if trainer.use_pama_fast_path:
+    if log_pama_weights:
         assert batch.pama_weights is not None
         for i, name in enumerate(names):
             w = batch.pama_weights[i]
@@ -98,14 +107,14 @@ def step_metrics(
                 token_means[f"weights/{name}"] = float(masked_mean(w.float(), batch.mask))
             else:
                 token_means[f"weights/{name}"] = float(w.float().mean())
-    if trainer.accelerator.num_processes > 1 and token_means:
+    if accelerator.num_processes > 1 and token_means:
         # ... and over all processes, each weighted by its number of valid tokens.
         keys = sorted(token_means)
         count = float(batch.mask.sum())
         local = torch.tensor(
             [[token_means[k] * count for k in keys] + [count]],
             dtype=torch.float64,
-            device=trainer.device,
+            device=device,
         )
         total = gather(local).sum(dim=0)
         token_means = {k: float(total[j] / total[-1].clamp_min(1.0)) for j, k in enumerate(keys)}
@@ -114,7 +123,7 @@ def step_metrics(
     # Loss statistics are per process; average them across processes.
     keys = sorted(update_stats)
     if keys:
-        local = torch.tensor([[update_stats[k] for k in keys]], device=trainer.device)
+        local = torch.tensor([[update_stats[k] for k in keys]], device=device)
         averaged = gather(local).mean(dim=0).tolist()
         metrics.update(dict(zip(keys, averaged, strict=True)))
     if batch.scalar_weights is not None:

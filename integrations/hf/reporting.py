@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .trainer import MOPPOTrainer
+from typing import Any
 
 __all__ = ["Reporter", "append_jsonl"]
 
@@ -22,13 +19,29 @@ def append_jsonl(path: Path, metrics: dict[str, float]) -> None:
 
 
 class Reporter:
-    """Feeds step metrics to transformers reporting callbacks (``report_to``)."""
+    """Feeds step metrics to transformers reporting callbacks (``report_to``).
 
-    def __init__(self, trainer: MOPPOTrainer, extra: Sequence[Any]) -> None:
-        self.trainer = trainer
+    ``config``: the run's ``report_to``, ``steps``, ``seed`` and ``learning_rate``;
+    ``global_step``: where the run starts; ``policy`` and ``tokenizer``: what the callbacks
+    are shown; ``extra``: callbacks besides those ``report_to`` names.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        extra: Sequence[Any],
+        *,
+        output_dir: Path,
+        global_step: int,
+        use_cpu: bool,
+        policy: Any,
+        tokenizer: Any,
+    ) -> None:
+        self.policy = policy
+        self.tokenizer = tokenizer
         self.callbacks: list[Any] = list(extra)
         self.args = self.state = self.control = None
-        report_to = list(trainer.config.report_to)
+        report_to = list(config.report_to)
         if not report_to and not self.callbacks:
             return
         from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -37,17 +50,17 @@ class Reporter:
         for cls in get_reporting_integration_callbacks(report_to):
             self.callbacks.append(cls())
         self.args = TrainingArguments(
-            output_dir=str(trainer.output_dir),
+            output_dir=str(output_dir),
             report_to=report_to or "none",
             logging_steps=1,
-            max_steps=trainer.config.steps,
-            seed=trainer.config.seed,
-            learning_rate=trainer.config.learning_rate,
-            use_cpu=trainer.device.type == "cpu",
+            max_steps=config.steps,
+            seed=config.seed,
+            learning_rate=config.learning_rate,
+            use_cpu=use_cpu,
             # Reuse the trainer's accelerate state; by default TrainingArguments resets it.
             accelerator_config={"use_configured_state": True},
         )
-        self.state = TrainerState(max_steps=trainer.config.steps, global_step=trainer.global_step)
+        self.state = TrainerState(max_steps=config.steps, global_step=global_step)
         self.state.is_world_process_zero = True
         self.state.is_local_process_zero = True
         self.control = TrainerControl()
@@ -60,8 +73,8 @@ class Reporter:
         if self.callbacks:
             self._call(
                 "on_train_begin",
-                model=self.trainer.policy,
-                processing_class=self.trainer.tokenizer,
+                model=self.policy,
+                processing_class=self.tokenizer,
             )
 
     def on_log(self, metrics: dict[str, float]) -> None:
@@ -70,8 +83,8 @@ class Reporter:
         self.state.global_step = int(metrics["step"])
         logs = {k: v for k, v in metrics.items() if k != "step"}
         self.state.log_history.append({**logs, "step": self.state.global_step})
-        self._call("on_log", logs=logs, model=self.trainer.policy)
+        self._call("on_log", logs=logs, model=self.policy)
 
     def on_train_end(self) -> None:
         if self.callbacks:
-            self._call("on_train_end", model=self.trainer.policy)
+            self._call("on_train_end", model=self.policy)

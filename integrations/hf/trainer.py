@@ -50,6 +50,7 @@ from .evaluation import (
     generate_responses,
     run_evaluation,
 )
+from .export import TrainingSummary, export_model
 from .metrics import PhaseClock, step_metrics
 from .models import (
     build_combiner,
@@ -285,7 +286,11 @@ class MOPPOTrainer:
                 batch = self.compute_advantages(rollout, scores, clock)
             with clock.phase("update"):
                 update_stats = self.update(batch, step, clock)
-        metrics = step_metrics(self, step, batch, update_stats, clock.timings)
+        metrics = step_metrics(
+            step, batch, update_stats, clock.timings,
+            reward_names=self.reward_names, kl_coef=self.kl_controller.value,
+            log_pama_weights=self.use_pama_fast_path, accelerator=self.accelerator,
+        )  # fmt: skip
         # The controller sees the KL of the batch that was just trained on.
         self.kl_controller.update(
             metrics["kl"], self.config.batch_size * self.accelerator.num_processes
@@ -482,7 +487,14 @@ class MOPPOTrainer:
         is_main = self.accelerator.is_main_process
         if is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._report = Reporter(self, self._callbacks) if is_main else None
+        self._report = (
+            Reporter(
+                cfg, self._callbacks, output_dir=self.output_dir, global_step=self.global_step,
+                use_cpu=self.device.type == "cpu", policy=self.policy, tokenizer=self.tokenizer,
+            )
+            if is_main
+            else None
+        )  # fmt: skip
         if self._report is not None:
             self._report.on_train_begin()
         bar = None
@@ -556,10 +568,18 @@ class MOPPOTrainer:
     def export(self, directory: str | Path, merged: bool = False) -> Path:
         """The shipped model (adapter, merged weights on request, tokenizer, model card) in
         ``directory`` (:func:`.export.export_model`); the card shows the last evaluation."""
-        from .export import export_model
-
         last = self.eval_history[-1] if self.eval_history else None
-        return export_model(self, directory, merged=merged, eval_metrics=last)
+        return export_model(
+            self.unwrapped, self.tokenizer, self.training_summary(), directory,
+            accelerator=self.accelerator, merged=merged, eval_metrics=last,
+        )  # fmt: skip
+
+    def training_summary(self) -> TrainingSummary:
+        """The run as the model card describes it (:class:`.export.TrainingSummary`)."""
+        return TrainingSummary(
+            self.config, self.reward_names, self.reward_fns, self.combiner, self.global_step,
+            self.kl_controller.value, self.combiner_given, self.policy_source,
+        )  # fmt: skip
 
     def log_value_warmup(self, metrics: dict[str, float]) -> None:
         """A warm-up step's metrics: kept apart from ``history``, logged with ``step`` 0."""
