@@ -68,10 +68,18 @@ def logits_of(model, tokenizer, texts: list[str]) -> torch.Tensor:
 # ---------------------------------------------------------------- evaluation
 
 
+def evaluate_now(trainer: MOPPOTrainer, prompts, **kwargs) -> EvalResult:
+    """:func:`evaluate` of the trainer's current policy with its rewards, greedy."""
+    return evaluate(
+        trainer.generation(), trainer.reward_fns, trainer.reward_names, prompts,
+        step=trainer.global_step, **kwargs,
+    )  # fmt: skip
+
+
 def test_evaluate_scores_held_out_prompts_and_hypervolumes(tiny_lm: Path, tmp_path: Path) -> None:
     trainer = make_trainer(tiny_lm, tmp_path)
     held_out = PROMPTS[4:]
-    result = evaluate(trainer, held_out, n_samples=2)
+    result = evaluate_now(trainer, held_out, n_samples=2)
     responses = trainer.generate(held_out)  # greedy, as evaluate answers
     want = [length_words(held_out, responses), good_rate(held_out, responses)]
     torch.testing.assert_close(result.scores, torch.tensor(want, dtype=torch.float64))
@@ -88,10 +96,10 @@ def test_evaluate_scores_held_out_prompts_and_hypervolumes(tiny_lm: Path, tmp_pa
     assert len(result.samples) == 2 and result.samples[0]["response"] == responses[0]
     assert result.samples[0]["len"] == pytest.approx(want[0][0])
     # A reference point above every response gives zero volume.
-    high = evaluate(trainer, held_out, reference_point=[5.0, 5.0])
+    high = evaluate_now(trainer, held_out, reference_point=[5.0, 5.0])
     assert high.hypervolume == 0.0 and high.hypervolume_per_response == 0.0
     with pytest.raises(ValueError, match="1 values for 2 objectives"):
-        evaluate(trainer, held_out, reference_point=[0.0])
+        evaluate_now(trainer, held_out, reference_point=[0.0])
 
 
 def test_best_checkpoint_keeps_the_highest_criterion_atomically(
@@ -107,10 +115,10 @@ def test_best_checkpoint_keeps_the_highest_criterion_atomically(
         parse_criterion({"x": 1.0}, names)
 
     best = BestCheckpoint("len=1,good=2", names, tmp_path / "run" / "best")
-    result = evaluate(trainer, PROMPTS[:4], reference_point=[0.0, 0.0])
+    result = evaluate_now(trainer, PROMPTS[:4], reference_point=[0.0, 0.0])
     value = result.rewards["len"] + 2 * result.rewards["good"]
     assert best.value(result) == pytest.approx(value)
-    assert best.update(trainer, result)
+    assert best.update(trainer.save_checkpoint, result)
     folder = tmp_path / "run" / "best"
     assert is_checkpoint(folder)
     record = json.loads((folder / "eval.json").read_text())
@@ -120,10 +128,11 @@ def test_best_checkpoint_keeps_the_highest_criterion_atomically(
     }
     stamp = (folder / "trainer_state.json").stat().st_mtime_ns
     worse_result = EvalResult(7, names, result.scores - 1.0, [0.0, 0.0])
-    assert not best.update(trainer, worse_result)  # not better: the folder is untouched
+    # Not better: the folder is untouched.
+    assert not best.update(trainer.save_checkpoint, worse_result)
     assert (folder / "trainer_state.json").stat().st_mtime_ns == stamp
     better = EvalResult(9, names, result.scores + 1.0, [0.0, 0.0])
-    assert best.update(trainer, better) and best.best_step == 9
+    assert best.update(trainer.save_checkpoint, better) and best.best_step == 9
     assert json.loads((folder / "eval.json").read_text())["step"] == 9.0
     leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(".best")]
     assert leftovers == []

@@ -1,7 +1,7 @@
 """Held-out evaluation during training, and keeping the best checkpoint.
 
 :func:`evaluate` answers the held-out prompts greedily (by default) with the current policy
-and scores every response with the trainer's n reward functions. It reports:
+and scores every response with the run's n reward functions. It reports:
 
 - ``eval/reward/<name>``: the mean score of each objective;
 - ``eval/hypervolume``: the hypervolume of the mean point against a reference point ``r``,
@@ -26,28 +26,26 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .data import Prompt, is_conversation, render_prompts
 from .rewards import score_batch
 
-if TYPE_CHECKING:
-    from .trainer import MOPPOTrainer
-
 __all__ = [
     "BestCheckpoint",
     "EvalResult",
+    "Generation",
     "check_eval_setup",
     "evaluate",
-    "evaluate_trainer",
-    "generate_responses",
+    "held_out_reference",
+    "log_evaluation",
     "parse_criterion",
-    "run_evaluation",
 ]
 
 EVAL_FILE = "eval.json"
@@ -124,63 +122,68 @@ def check_eval_setup(config: Any, eval_prompts: Sequence[Prompt] | None, n_objec
 
 
 @torch.no_grad()
-def generate_responses(
-    trainer: MOPPOTrainer,
-    prompts: Sequence[Prompt],
-    max_new_tokens: int | None = None,
-    do_sample: bool = False,
-) -> list[str]:
-    """The policy's responses (no prompt), greedy by default, in batches of ``batch_size``;
-    conversations are rendered with the chat template, as in training."""
-    return generate_seen(trainer, prompts, max_new_tokens, do_sample)[1]
+@dataclass
+class Generation:
+    """What answering prompts needs: the policy, its tokenizer, a ``GenerationConfig``
+    (:func:`.models.generation_config`), the batch size and prompt length limit, and the
+    ``accelerate.Accelerator`` (autocast, and which prompts this process answers; None: one
+    process, no autocast). Whatever holds a policy can build one; the trainer builds one per
+    call (:meth:`~.trainer.MOPPOTrainer.generation`)."""
 
+    policy: Any
+    tokenizer: Any
+    config: Any
+    device: torch.device | str
+    batch_size: int
+    max_prompt_length: int | None = None
+    accelerator: Any = None
 
-@torch.no_grad()
-def generate_seen(
-    trainer: MOPPOTrainer,
-    prompts: Sequence[Prompt],
-    max_new_tokens: int | None = None,
-    do_sample: bool = False,
-) -> tuple[list[str], list[str]]:
-    """The prompts as the policy saw them (rendered, cut to ``max_prompt_length``:
-    ``Rollout.prompts``) and its responses, as :func:`generate_responses` makes them."""
-    from .rollout import generate_rollout
+    def seen_and_responses(self, prompts: Sequence[Prompt]) -> tuple[list[str], list[str]]:
+        """The prompts as the policy saw them (rendered, cut to ``max_prompt_length``:
+        ``Rollout.prompts``) and its responses, in batches of ``batch_size``;
+        conversations rendered with the chat template as in training."""
+        from .rollout import generate_rollout
 
-    config = trainer._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
-    trainer.model.eval()
-    seen: list[str] = []
-    texts: list[str] = []
-    prompts = list(prompts)
-    step = trainer.config.batch_size
-    for lo in range(0, len(prompts), step):
-        part = prompts[lo : lo + step]
-        with trainer.accelerator.autocast():
-            roll = generate_rollout(
-                trainer.policy,
-                trainer.tokenizer,
-                render_prompts(trainer.tokenizer, part),
-                config,
-                device=trainer.device,
-                max_prompt_length=trainer.config.max_prompt_length,
-                add_special_tokens=not is_conversation(part[0]),
-            )
-        seen.extend(roll.prompts)
-        texts.extend(roll.responses)
-    return seen, texts
+        self.policy.eval()
+        seen: list[str] = []
+        texts: list[str] = []
+        prompts = list(prompts)
+        step = self.batch_size
+        for lo in range(0, len(prompts), step):
+            part = prompts[lo : lo + step]
+            acc = self.accelerator
+            with acc.autocast() if acc is not None else nullcontext():
+                roll = generate_rollout(
+                    self.policy,
+                    self.tokenizer,
+                    render_prompts(self.tokenizer, part),
+                    self.config,
+                    device=self.device,
+                    max_prompt_length=self.max_prompt_length,
+                    add_special_tokens=not is_conversation(part[0]),
+                )
+            seen.extend(roll.prompts)
+            texts.extend(roll.responses)
+        return seen, texts
+
+    def responses(self, prompts: Sequence[Prompt]) -> list[str]:
+        """Responses only (no prompt)."""
+        return self.seen_and_responses(prompts)[1]
 
 
 @torch.no_grad()
 def evaluate(
-    trainer: MOPPOTrainer,
+    generation: Generation,
+    reward_fns: Sequence[Any],
+    reward_names: Sequence[str],
     prompts: Sequence[Prompt],
     *,
+    step: int,
     reference_point: Sequence[float] | None = None,
-    max_new_tokens: int | None = None,
-    do_sample: bool = False,
     n_samples: int = 4,
-    step: int | None = None,
 ) -> EvalResult:
-    """Answer ``prompts`` with the current policy and score them (see the module docstring).
+    """Answer ``prompts`` with ``generation``'s policy and score them with ``reward_fns``
+    (see the module docstring); ``step`` labels the result.
 
     Under data parallelism process p answers prompts ``p, p + W, ...`` and every process
     returns the same result (scores are gathered). Collective: call it on every process.
@@ -188,27 +191,27 @@ def evaluate(
     prompts = list(prompts)
     if not prompts:
         raise ValueError("evaluate needs at least one held-out prompt")
-    acc = trainer.accelerator
-    mine = prompts[acc.process_index :: acc.num_processes]
+    acc = generation.accelerator
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+    mine = prompts[rank::world]
     rows: list[dict[str, Any]] = []
     if mine:
         # Scored as in training: on the prompts as the policy saw them (cut to
         # max_prompt_length); conversations as given, with their seen text as prompt_texts.
-        texts, responses = generate_seen(trainer, mine, max_new_tokens, do_sample)
-        step_no = trainer.global_step if step is None else step
+        texts, responses = generation.seen_and_responses(mine)
         scored = mine if is_conversation(mine[0]) else texts
         scores = score_batch(
-            trainer.reward_fns, trainer.reward_names, scored, responses, step=step_no,
+            reward_fns, reward_names, scored, responses, step=step,
             prompt_texts=texts, phase=" (held-out evaluation)",
         )  # fmt: skip
         for b, (text, response) in enumerate(zip(texts, responses, strict=True)):
             rows.append({"prompt": text, "response": response, "scores": scores[:, b].tolist()})
-    if acc.num_processes > 1:
+    if world > 1:
         from accelerate.utils import gather_object
 
         rows = gather_object(rows)
     scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float64).T
-    names = list(trainer.reward_names)
+    names = list(reward_names)
     if reference_point is None:
         reference_point = scores.min(dim=1).values.tolist()
     reference = [float(v) for v in reference_point]
@@ -225,7 +228,7 @@ def evaluate(
         for r in rows[:n_samples]
     ]
     return EvalResult(
-        step=trainer.global_step if step is None else step,
+        step=step,
         names=names,
         scores=scores,
         reference_point=reference,
@@ -317,8 +320,9 @@ class BestCheckpoint:
                 return
             self.best, self.best_step = float(data["best_value"]), step
 
-    def update(self, trainer: MOPPOTrainer, result: EvalResult) -> bool:
-        """Save the trainer as the best checkpoint if ``result`` beats the best so far."""
+    def update(self, save_checkpoint: Callable[..., Any], result: EvalResult) -> bool:
+        """Save a checkpoint as the best if ``result`` beats the best so far:
+        ``save_checkpoint(directory, extra_files=...)`` writes it (the trainer's method)."""
         value = self.value(result)
         if self.best is not None and not value > self.best:
             return False
@@ -327,51 +331,39 @@ class BestCheckpoint:
             "criterion": self.criterion,
             "best_value": value,
         }
-        trainer.save_checkpoint(
-            self.directory, extra_files={EVAL_FILE: json.dumps(record, indent=1)}
-        )
+        save_checkpoint(self.directory, extra_files={EVAL_FILE: json.dumps(record, indent=1)})
         self.best, self.best_step = value, result.step
         return True
 
 
-def evaluate_trainer(trainer: MOPPOTrainer, prompts: Any = None) -> EvalResult:
-    """:func:`evaluate` with the trainer's settings, on ``prompts`` (default
-    ``trainer.eval_prompts``). The reference point is ``config.eval_reference_point`` or,
-    unset, the one fixed by the run's first evaluation."""
-    from .data import load_prompt_dataset
-
-    if prompts is None:
-        if trainer.eval_prompts is None:
-            raise ValueError("no held-out prompts: pass eval_prompts= to the trainer")
-        prompts = trainer.eval_prompts
-    else:
-        prompts = load_prompt_dataset(prompts)
-    cfg = trainer.config
-    reference = cfg.eval_reference_point
-    if reference is None and trainer.eval_history:
-        reference = trainer.eval_history[0]["reference_point"]
-    return evaluate(
-        trainer,
-        prompts,
-        reference_point=reference,
-        max_new_tokens=cfg.eval_max_new_tokens,
-        n_samples=cfg.eval_samples,
-    )
+def held_out_reference(config: Any, eval_history: Sequence[Mapping[str, Any]]) -> Any:
+    """The hypervolume reference point: ``config.eval_reference_point`` or, unset, the one
+    fixed by the run's first evaluation (None before it)."""
+    reference = config.eval_reference_point
+    if reference is None and eval_history:
+        reference = eval_history[0]["reference_point"]
+    return reference
 
 
-def run_evaluation(trainer: MOPPOTrainer) -> EvalResult:
-    """Evaluate; log to ``OUTPUT_DIR/eval.jsonl`` (with the samples table) and the ``eval/*``
-    metrics to the reporting integrations; update the best checkpoint."""
+def log_evaluation(
+    result: EvalResult,
+    eval_history: list[dict[str, Any]],
+    *,
+    output_dir: Path,
+    log_jsonl: bool,
+    is_main_process: bool,
+    report: Any = None,
+) -> dict[str, Any]:
+    """Append ``result`` to ``eval_history``; from the main process, to
+    ``OUTPUT_DIR/eval.jsonl`` (with the samples table) and its ``eval/*`` metrics to
+    ``report`` (a :class:`.reporting.Reporter`). Returns the record."""
     from .reporting import append_jsonl
 
-    result = evaluate_trainer(trainer)
     record = result.to_dict()
-    trainer.eval_history.append(record)
-    if trainer.accelerator.is_main_process:
-        if trainer.config.log_jsonl:
-            append_jsonl(trainer.output_dir / "eval.jsonl", record)
-        if trainer._report is not None:
-            trainer._report.on_log(result.metrics())
-    if trainer.best is not None:
-        trainer.best.update(trainer, result)
-    return result
+    eval_history.append(record)
+    if is_main_process:
+        if log_jsonl:
+            append_jsonl(output_dir / "eval.jsonl", record)
+        if report is not None:
+            report.on_log(result.metrics())
+    return record

@@ -45,10 +45,11 @@ from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, 
 from .evaluation import (
     BestCheckpoint,
     EvalResult,
+    Generation,
     check_eval_setup,
-    evaluate_trainer,
-    generate_responses,
-    run_evaluation,
+    evaluate,
+    held_out_reference,
+    log_evaluation,
 )
 from .export import TrainingSummary, export_model
 from .metrics import PhaseClock, step_metrics
@@ -557,13 +558,43 @@ class MOPPOTrainer:
 
     def evaluate(self, prompts: Sequence[Prompt] | Any = None) -> EvalResult:
         """Held-out rewards and hypervolumes of the current policy on ``prompts`` (default
-        ``eval_prompts``); see :func:`.evaluation.evaluate_trainer`."""
-        return evaluate_trainer(self, prompts)
+        ``eval_prompts``; :func:`.evaluation.evaluate`). The reference point is
+        ``config.eval_reference_point`` or, unset, the one fixed by the run's first evaluation."""
+        if prompts is None:
+            if self.eval_prompts is None:
+                raise ValueError("no held-out prompts: pass eval_prompts= to the trainer")
+            prompts = self.eval_prompts
+        else:
+            prompts = load_prompt_dataset(prompts)
+        cfg = self.config
+        return evaluate(
+            self.generation(cfg.eval_max_new_tokens), self.reward_fns, self.reward_names,
+            prompts, step=self.global_step, n_samples=cfg.eval_samples,
+            reference_point=held_out_reference(cfg, self.eval_history),
+        )  # fmt: skip
 
     def run_evaluation(self) -> EvalResult:
         """Evaluate, log (``OUTPUT_DIR/eval.jsonl``, ``eval/*`` metrics to ``report_to``) and
         update the best checkpoint."""
-        return run_evaluation(self)
+        result = self.evaluate()
+        log_evaluation(
+            result, self.eval_history, output_dir=self.output_dir,
+            log_jsonl=self.config.log_jsonl, is_main_process=self.accelerator.is_main_process,
+            report=self._report,
+        )  # fmt: skip
+        if self.best is not None:
+            self.best.update(self.save_checkpoint, result)
+        return result
+
+    def generation(self, max_new_tokens: int | None = None, do_sample: bool = False) -> Generation:
+        """The current policy's generation setup (:class:`.evaluation.Generation`), greedy by
+        default; puts the model in eval mode."""
+        config = self._generation_config(do_sample=do_sample, max_new_tokens=max_new_tokens)
+        self.model.eval()
+        return Generation(
+            self.policy, self.tokenizer, config, self.device, self.config.batch_size,
+            self.config.max_prompt_length, self.accelerator,
+        )  # fmt: skip
 
     def export(self, directory: str | Path, merged: bool = False) -> Path:
         """The shipped model (adapter, merged weights on request, tokenizer, model card) in
@@ -604,7 +635,7 @@ class MOPPOTrainer:
     ) -> list[str]:
         """Responses only (no prompt), greedy by default, in batches of ``batch_size``;
         conversations rendered with the chat template as in training."""
-        return generate_responses(self, prompts, max_new_tokens, do_sample)
+        return self.generation(max_new_tokens, do_sample).responses(prompts)
 
     def save_checkpoint(
         self, directory: str | Path | None = None, extra_files: dict[str, str] | None = None
