@@ -27,7 +27,6 @@ from paretoopt.integrations.hf.advantages import (
 )
 from paretoopt.integrations.hf.metrics import value_error_metrics
 from paretoopt.integrations.hf.update import policy_loss
-from paretoopt.integrations.hf.warmup import run_value_warmup
 
 pytestmark = pytest.mark.hf
 
@@ -170,7 +169,7 @@ def test_morlhf_linear_noon_and_linear_differ_as_documented(tiny_lm: Path, tmp_p
         for shift, expected in ((0.0, at_one), (math.log(1.3), at_high)):
             batch.logprobs = fwd["logprobs"] - shift
             out = trainer.model(rollout.input_ids, rollout.attention_mask, rollout.response_start)
-            loss, _, _ = policy_loss(trainer, out, batch, idx)
+            loss, _, _ = policy_loss(trainer.ppo_setup(), out, batch, idx)
             (grad,) = torch.autograd.grad(loss, out["logprobs"])
             # ratio u at the model's own log-probs: exp(shift) (rollout == update forward).
             torch.testing.assert_close(
@@ -293,7 +292,7 @@ def test_value_warmup_leaves_the_policy_and_lowers_the_value_error(
     policy_before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
     heads_before = {k: v.clone() for k, v in trainer.unwrapped.value_heads.state_dict().items()}
     error_before = error_on_held_out()
-    run_value_warmup(trainer)
+    trainer.run_value_warmup()
 
     assert trainer.value_warmup_step == 4 and trainer.global_step == 0
     for key, value in trainer.policy.state_dict().items():

@@ -71,9 +71,9 @@ from .reward_models import RewardHead, accepts_tokens
 from .rewards import parse_reward_spec, score_batch, unique_reward_names
 from .rollout import Rollout, check_prompts_fit, generate_rollout, warn_processed_sampling
 from .state import drop_lines_after, load_training_state, save_checkpoint
-from .update import RolloutBatch, check_accumulation, ppo_update
+from .update import PPOSetup, RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, response_forward
-from .warmup import run_value_warmup
+from .warmup import fit_value_heads, warmup_metrics, warmup_seed
 
 __all__ = ["MOPPOTrainer", "RolloutBatch"]
 
@@ -196,7 +196,7 @@ class MOPPOTrainer:
         check_pama_route(self.combiner, config.pama_fast_path)
         warn_processed_sampling(config)
         self.eos_token_ids = eos_token_ids(self.policy, self.tokenizer)
-        check_accumulation(self)
+        check_accumulation(config, self.combiner, self.use_pama_fast_path)
         self.generation_config = self._generation_config(do_sample=True)
         self.kl_controller = AdaptiveKLController(
             config.kl_coef, config.target_kl, config.kl_horizon, config.adaptive_kl
@@ -478,7 +478,14 @@ class MOPPOTrainer:
         """PPO epochs over shuffled mini-batches (:func:`.update.ppo_update`)."""
         if not isinstance(clock, PhaseClock):
             clock = PhaseClock(self.device, clock)
-        return ppo_update(self, batch, step, clock)
+        return ppo_update(self.ppo_setup(), batch, step, clock)
+
+    def ppo_setup(self) -> PPOSetup:
+        """The pieces the update works with (:class:`.update.PPOSetup`)."""
+        return PPOSetup(
+            self.config, self.model, self.policy, self.optimizer, self.accelerator, self.combiner,
+            self.reward_names, self.noon, self.use_pama_fast_path,
+        )  # fmt: skip
 
     # -------------------------------------------------------------- training
 
@@ -521,7 +528,7 @@ class MOPPOTrainer:
         the final evaluation, checkpoint and export."""
         cfg = self.config
         if self.global_step == 0 and self.value_warmup_step < cfg.value_warmup_steps:
-            run_value_warmup(self)
+            self.run_value_warmup()
             if cfg.save_every:
                 self.save_checkpoint()  # checkpoint-0: a resumed run skips the warm-up
         while self.global_step < cfg.steps:
@@ -547,6 +554,41 @@ class MOPPOTrainer:
             self.save_checkpoint()
         if cfg.export_dir is not None:
             self.export(cfg.export_dir, merged=cfg.export_merged)
+
+    def run_value_warmup(self) -> None:
+        """The value warm-up steps still due (:mod:`.warmup`): only before the first policy
+        update, resumable."""
+        if self.global_step > 0:
+            return  # a run resumed after its first policy update never warms up again
+        while self.value_warmup_step < self.config.value_warmup_steps:
+            k = self.value_warmup_step + 1
+            metrics = self.value_warmup_step_metrics(k)
+            self.value_warmup_step = k
+            self.log_value_warmup(metrics)
+
+    def value_warmup_step_metrics(self, k: int) -> dict[str, float]:
+        """Warm-up step ``k`` (1-based): a rollout of the current (starting) policy, its n
+        returns, then the value heads' fit (:func:`.warmup.fit_value_heads`); its metrics."""
+        from accelerate.utils import set_seed
+
+        set_seed(warmup_seed(self.config.seed, k, self.accelerator.process_index))
+        clock = PhaseClock(self.device)
+        with clock.phase("step"):
+            rollout = self.rollout(self.sample_prompts(k))
+            scores = self.score(rollout, step=0)
+            with torch.no_grad():
+                fwd = self.forward_rollout(rollout)
+                rewards, _ = self.kl_penalized_rewards(scores, fwd, rollout.mask)
+                _, returns = self.per_objective_gae(rewards, fwd["values"], rollout.mask)
+            metrics = warmup_metrics(
+                k, scores, fwd["values"], returns, rollout.mask, self.reward_names,
+                self.accelerator,
+            )  # fmt: skip
+            metrics["loss/value"] = fit_value_heads(
+                self.ppo_setup(), rollout, fwd["values"], returns, k
+            )
+        metrics.update(clock.timings)
+        return metrics
 
     def _step_in_progress(self) -> str:
         """Where ``train()`` is, for an error message: " at step 3", " after step 20"."""

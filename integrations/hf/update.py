@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,10 +21,8 @@ from .models import is_pama
 from .rollout import Rollout
 from .value_heads import clipped_value_loss
 
-if TYPE_CHECKING:
-    from .trainer import MOPPOTrainer
-
 __all__ = [
+    "PPOSetup",
     "RolloutBatch",
     "check_accumulation",
     "dp_loss_scale",
@@ -67,6 +66,28 @@ class RolloutBatch:
         return self.rollout.mask
 
 
+@dataclass
+class PPOSetup:
+    """What the update works with: the config's PPO settings, the model (the policy with its
+    value heads, as ``accelerator.prepare`` wrapped it), the trainable policy (for
+    ``params=``), the optimizer, the accelerator, the combiner, the objectives' names, whether
+    the per-objective losses use Noon and whether PAMA takes its fast path (``s*``)."""
+
+    config: Any
+    model: Any
+    policy: Any
+    optimizer: Any
+    accelerator: Any
+    combiner: Any
+    reward_names: list[str]
+    noon: bool
+    pama_fast_path: bool
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.reward_names)
+
+
 def _is_number(value: Any) -> bool:
     try:
         return math.isfinite(float(value))
@@ -74,15 +95,15 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def _named_key(trainer: MOPPOTrainer, key: str) -> str:
+def _named_key(names: list[str], key: str) -> str:
     """``"loss_weight/1"`` -> ``"loss_weight/<name of objective 1>"``."""
     head, sep, tail = key.rpartition("/")
-    if sep and tail.isdigit() and int(tail) < trainer.n_objectives:
-        return f"{head}/{trainer.reward_names[int(tail)]}"
+    if sep and tail.isdigit() and int(tail) < len(names):
+        return f"{head}/{names[int(tail)]}"
     return key
 
 
-def dp_loss_scale(trainer: MOPPOTrainer, mask: torch.Tensor) -> float | torch.Tensor:
+def dp_loss_scale(accelerator: Any, mask: torch.Tensor) -> float | torch.Tensor:
     """Under data parallelism, ``W c_r / sum_q c_q`` (c = valid tokens per process).
 
     Each loss is a mean over this process's tokens and DDP averages gradients
@@ -90,7 +111,7 @@ def dp_loss_scale(trainer: MOPPOTrainer, mask: torch.Tensor) -> float | torch.Te
     processes take the single-process step.  Collective: every process runs
     the same number of mini-batches.  1 on one process.
     """
-    if trainer.accelerator.num_processes == 1:
+    if accelerator.num_processes == 1:
         return 1.0
     from paretoopt.integrations.distributed import dp_loss_scale as global_scale
 
@@ -98,7 +119,7 @@ def dp_loss_scale(trainer: MOPPOTrainer, mask: torch.Tensor) -> float | torch.Te
 
 
 def policy_loss(
-    trainer: MOPPOTrainer,
+    setup: PPOSetup,
     out: dict[str, torch.Tensor],
     batch: RolloutBatch,
     idx: torch.Tensor,
@@ -108,7 +129,7 @@ def policy_loss(
 
     PAMA fast path: the PPO surrogate with advantage ``s*`` (one backward).
     MORLHF, GDPO, "pama_ub": the PPO surrogate with the scalarised advantage. Otherwise the n
-    per-objective (Noon, per ``trainer.noon``) PPO losses go to the combiner,
+    per-objective (Noon, per ``setup.noon``) PPO losses go to the combiner,
     with ``shared=`` the last hidden states (MGDA-UB), the per-token ratio
     (generic PAMA), or ``params=`` the trainable policy parameters (exact MGDA).
 
@@ -117,12 +138,12 @@ def policy_loss(
     """
     from paretoopt.losses import ppo_losses, ppo_losses_from_ratio, ppo_surrogate, ratio
 
-    cfg = trainer.config
-    combiner = trainer.combiner
+    cfg = setup.config
+    combiner = setup.combiner
     mask = batch.mask[idx]
     anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
-    scale = dp_loss_scale(trainer, mask) if loss_scale is None else loss_scale
-    if trainer.use_pama_fast_path:
+    scale = dp_loss_scale(setup.accelerator, mask) if loss_scale is None else loss_scale
+    if setup.pama_fast_path:
         assert batch.s_star is not None
         loss = ppo_surrogate(
             out["logprobs"], anchor, batch.s_star[idx], mask, cliprange=cfg.cliprange
@@ -145,36 +166,33 @@ def policy_loss(
         # Generic PAMA: the per-token ratio u is the shared tensor (DESIGN section 2).
         u = ratio(out["logprobs"], anchor)
         losses = ppo_losses_from_ratio(
-            u, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
+            u, advantages, mask, cliprange=cfg.cliprange, noon=setup.noon
         )
         kwargs["shared"] = u
         kwargs["mask"] = mask  # weights and rates over valid tokens, not padding
     else:
         losses = ppo_losses(
-            out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=trainer.noon
+            out["logprobs"], anchor, advantages, mask, cliprange=cfg.cliprange, noon=setup.noon
         )
     losses = losses * scale
     if requires == "shared" and "shared" not in kwargs:
         # MGDA-UB: the last hidden states; only response positions get nonzero gradients.
         kwargs["shared"] = out["hidden_full"]
     elif requires == "params":
-        kwargs["params"] = [p for p in trainer.policy.parameters() if p.requires_grad]
+        kwargs["params"] = [p for p in setup.policy.parameters() if p.requires_grad]
     result = combiner(list(losses.unbind(0)), **kwargs)
     stats = {
-        _named_key(trainer, k): float(v)
+        _named_key(setup.reward_names, k): float(v)
         for k, v in (result.stats or {}).items()
         if _is_number(v) and not k.startswith("weight/")  # weights are logged by name
     }
     stats.update(
-        {
-            f"loss/objective/{trainer.reward_names[i]}": float(v)
-            for i, v in enumerate(losses.detach())
-        }
+        {f"loss/objective/{setup.reward_names[i]}": float(v) for i, v in enumerate(losses.detach())}
     )
     return result.loss, result.weights, stats
 
 
-def check_accumulation(trainer: MOPPOTrainer) -> None:
+def check_accumulation(config: Any, combiner: Any, pama_fast_path: bool) -> None:
     """Refuse micro-batches where they would change the update.
 
     Accumulation is exact when the policy loss is a token mean whose per-token terms do not
@@ -182,10 +200,9 @@ def check_accumulation(trainer: MOPPOTrainer) -> None:
     fixed weights, PAMA's generic route per token. MGDA's weights (and PAMA's per sample or
     per batch on the generic route) come from the whole mini-batch's gradients.
     """
-    mb = trainer.config.micro_batch_size
-    if mb is None or mb >= trainer.config.mini_batch_size or trainer.use_pama_fast_path:
+    mb = config.micro_batch_size
+    if mb is None or mb >= config.mini_batch_size or pama_fast_path:
         return
-    combiner = trainer.combiner
     if getattr(combiner, "requires", None) is None:
         return
     if is_pama(combiner) and getattr(combiner, "granularity", "token") == "token":
@@ -207,7 +224,7 @@ def micro_batches(idx: torch.Tensor, mask: torch.Tensor, size: int | None) -> li
 
 
 def ppo_update(
-    trainer: MOPPOTrainer, batch: RolloutBatch, step: int, clock: PhaseClock
+    setup: PPOSetup, batch: RolloutBatch, step: int, clock: PhaseClock
 ) -> dict[str, float]:
     """PPO epochs over shuffled mini-batches; returns averaged loss statistics.
 
@@ -217,21 +234,21 @@ def ppo_update(
     mini-batch at once, up to float rounding (tested), with the activations of one
     micro-batch in memory. Under data parallelism only the last micro-batch synchronises.
     """
-    cfg = trainer.config
-    model = trainer.model
-    acc = trainer.accelerator
+    cfg = setup.config
+    model = setup.model
+    acc = setup.accelerator
     model.train()
     size = batch.mask.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
     sums: dict[str, float] = {}
-    weight_sum = torch.zeros(trainer.n_objectives, dtype=torch.float64)
+    weight_sum = torch.zeros(setup.n_objectives, dtype=torch.float64)
     n_weighted = n_updates = 0
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(size, generator=gen).to(trainer.device)
+        order = torch.randperm(size, generator=gen).to(acc.device)
         for lo in range(0, size, cfg.mini_batch_size):
             mini = order[lo : lo + cfg.mini_batch_size]
             # The data-parallel factor of the whole mini-batch (one collective per mini-batch).
-            mini_scale = dp_loss_scale(trainer, batch.mask[mini])
+            mini_scale = dp_loss_scale(acc, batch.mask[mini])
             parts = micro_batches(mini, batch.mask, cfg.micro_batch_size)
             stats: dict[str, float] = {}
             weights: torch.Tensor | None = None
@@ -239,7 +256,7 @@ def ppo_update(
                 last = k == len(parts) - 1
                 with nullcontext() if last else acc.no_sync(model):
                     part_stats, part_weights = _micro_step(
-                        trainer, batch, idx, mini_scale, share, step, clock
+                        setup, batch, idx, mini_scale, share, step, clock
                     )
                 for key, value in part_stats.items():
                     # Losses carry their share already; means over tokens are weighted by it.
@@ -251,8 +268,8 @@ def ppo_update(
             if cfg.max_grad_norm is not None:
                 norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 stats["grad_norm"] = float(norm)
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
+            setup.optimizer.step()
+            setup.optimizer.zero_grad(set_to_none=True)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
             if weights is not None:
@@ -260,17 +277,17 @@ def ppo_update(
                 n_weighted += 1
             n_updates += 1
     out_stats = {k: v / n_updates for k, v in sums.items()}
-    if not trainer.use_pama_fast_path and batch.scalar_weights is None and n_weighted:
+    if not setup.pama_fast_path and batch.scalar_weights is None and n_weighted:
         # Per-batch weights ("pama_ub") are logged exactly by step_metrics instead; a torchjd
         # aggregator without weights (GradDrop, ConFIG, TrimmedMean) logs none.
         mean_w = weight_sum / n_weighted
-        for i, name in enumerate(trainer.reward_names):
+        for i, name in enumerate(setup.reward_names):
             out_stats[f"weights/{name}"] = float(mean_w[i])
     return out_stats
 
 
 def _micro_step(
-    trainer: MOPPOTrainer,
+    setup: PPOSetup,
     batch: RolloutBatch,
     idx: torch.Tensor,
     dp_scale: float | torch.Tensor,
@@ -280,9 +297,9 @@ def _micro_step(
 ) -> tuple[dict[str, float], torch.Tensor | None]:
     """Forward and backward of the sequences ``idx``: their losses times their share of the
     mini-batch's tokens and the data-parallel factor."""
-    cfg = trainer.config
+    cfg = setup.config
     scale = dp_scale * share if share != 1.0 else dp_scale
-    out = trainer.model(
+    out = setup.model(
         batch.rollout.input_ids[idx],
         batch.rollout.attention_mask[idx],
         batch.rollout.response_start,
@@ -290,7 +307,7 @@ def _micro_step(
         detach_value_input=cfg.detach_value_input,
     )
     with clock.add("combine"):
-        pg_loss, weights, stats = policy_loss(trainer, out, batch, idx, loss_scale=scale)
+        pg_loss, weights, stats = policy_loss(setup, out, batch, idx, loss_scale=scale)
     mask = batch.mask[idx]
     vf_loss = clipped_value_loss(
         out["values"],
@@ -304,7 +321,7 @@ def _micro_step(
         raise FloatingPointError(
             f"non-finite loss at step {step} (policy {float(pg_loss)}, value {float(vf_loss)})"
         )
-    trainer.accelerator.backward(loss)
+    setup.accelerator.backward(loss)
     with torch.no_grad():
         anchor = (batch.ref_logprobs if cfg.ratio_to == "ref" else batch.logprobs)[idx]
         ratio = torch.exp(out["logprobs"].detach() - anchor)
