@@ -1,4 +1,4 @@
-"""The trainer's full state on disk: save a checkpoint atomically, load one to resume exactly.
+"""A run's full state on disk: save a checkpoint atomically, load one to resume exactly.
 
 A checkpoint holds the policy (or its LoRA adapter) and tokenizer, the value heads
 (safetensors), the optimizer, RNG, a stateful combiner's and, under fp16 mixed precision,
@@ -11,18 +11,18 @@ atomic write.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .checkpoint import STATE_FILE, atomic_write_dir, capture_rng_state, restore_rng_state
 
-if TYPE_CHECKING:
-    from .trainer import MOPPOTrainer
-
 __all__ = [
     "CHECKPOINT_VERSION",
+    "CheckpointParts",
+    "Progress",
     "combiner_state",
     "load_training_state",
     "restore_combiner_state",
@@ -34,6 +34,33 @@ SCALER_FILE = "scaler.pt"
 """The accelerator's ``GradScaler`` state (fp16): its loss scale and growth tracker."""
 COMBINER_FILE = "combiner.pt"
 """A stateful combiner's state (GradVac, PCD, Nash-MTL of the torchjd zoo)."""
+
+
+@dataclass
+class CheckpointParts:
+    """The objects a checkpoint saves and a resumed run loads into: the policy with its value
+    heads (unwrapped), tokenizer, optimizer, accelerator (processes, gradient scaler),
+    combiner, adaptive KL controller, config and the objectives' names."""
+
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    accelerator: Any
+    combiner: Any
+    kl_controller: Any
+    config: Any
+    reward_names: list[str]
+
+
+@dataclass
+class Progress:
+    """How far a run is: its step, metric and evaluation histories and value warm-up."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    value_warmup_step: int = 0
+    value_warmup_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def combiner_state(combiner: Any) -> dict[str, Any] | None:
@@ -59,52 +86,51 @@ def restore_combiner_state(combiner: Any, folder: Path) -> None:
 
 
 def save_checkpoint(
-    trainer: MOPPOTrainer,
-    directory: str | Path | None = None,
+    parts: CheckpointParts,
+    progress: Progress,
+    target: Path,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically.
+    """Save policy/adapter, value heads, optimizer, RNG and the run's state atomically into
+    ``target``.
 
     ``extra_files`` (name -> text) are written into the same folder before it appears, e.g.
     the evaluation that made it the best checkpoint.
     """
     from safetensors.torch import save_file
 
-    target = (
-        Path(directory) if directory else trainer.output_dir / f"checkpoint-{trainer.global_step}"
-    )
-    accelerator = trainer.accelerator
+    accelerator = parts.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = trainer.unwrapped
+        unwrapped = parts.model
 
         def write(tmp: Path) -> None:
             unwrapped.policy.save_pretrained(str(tmp / "policy"))
-            trainer.tokenizer.save_pretrained(str(tmp / "policy"))
+            parts.tokenizer.save_pretrained(str(tmp / "policy"))
             heads = {
                 k: v.detach().contiguous().cpu()
                 for k, v in unwrapped.value_heads.state_dict().items()
             }
             save_file(heads, str(tmp / "value_heads.safetensors"))
-            torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(parts.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(capture_rng_state(), tmp / "rng_state.pt")
             if getattr(accelerator, "scaler", None) is not None:
                 torch.save(accelerator.scaler.state_dict(), tmp / SCALER_FILE)
-            combiner = combiner_state(trainer.combiner)
+            combiner = combiner_state(parts.combiner)
             if combiner is not None:
                 torch.save(combiner, tmp / COMBINER_FILE)
             state = {
                 "version": CHECKPOINT_VERSION,
-                "step": trainer.global_step,
-                "kl_controller": trainer.kl_controller.state_dict(),
-                "reward_names": trainer.reward_names,
-                "n_objectives": trainer.n_objectives,
-                "use_lora": trainer.config.use_lora,
-                "config": trainer.config.to_dict(),
-                "history": trainer.history,
-                "eval_history": getattr(trainer, "eval_history", []),
-                "value_warmup_step": trainer.value_warmup_step,
-                "value_warmup_history": trainer.value_warmup_history,
+                "step": progress.step,
+                "kl_controller": parts.kl_controller.state_dict(),
+                "reward_names": parts.reward_names,
+                "n_objectives": len(parts.reward_names),
+                "use_lora": parts.config.use_lora,
+                "config": parts.config.to_dict(),
+                "history": progress.history,
+                "eval_history": progress.eval_history,
+                "value_warmup_step": progress.value_warmup_step,
+                "value_warmup_history": progress.value_warmup_history,
             }
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
@@ -115,37 +141,34 @@ def save_checkpoint(
     return target
 
 
-def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
-    """Restore value heads, optimizer, gradient scaler, KL controller, step, histories, RNG
-    and the best checkpoint's value from ``folder``.
+def load_training_state(parts: CheckpointParts, folder: Path) -> Progress:
+    """Restore value heads, optimizer, gradient scaler, KL controller, combiner and RNG from
+    ``folder``; return the run's progress (step, histories) saved with them.
 
     The policy weights themselves are loaded with the model (:mod:`.models`).
     """
     from safetensors.torch import load_file
 
     state = json.loads((folder / STATE_FILE).read_text())
-    if state.get("n_objectives") != trainer.n_objectives:
+    n_objectives = len(parts.reward_names)
+    if state.get("n_objectives") != n_objectives:
         raise ValueError(
             f"checkpoint {folder} has {state.get('n_objectives')} objectives, "
-            f"this trainer has {trainer.n_objectives}"
+            f"this trainer has {n_objectives}"
         )
-    if bool(state.get("use_lora")) != trainer.config.use_lora:
+    if bool(state.get("use_lora")) != parts.config.use_lora:
         raise ValueError(f"checkpoint {folder} use_lora={state.get('use_lora')} differs")
     # accelerate gives each process of a multi-process CPU run an indexed device ("cpu:1"),
     # which safetensors and torch.load refuse: plain "cpu" there.
-    device = "cpu" if trainer.device.type == "cpu" else str(trainer.device)
+    device = parts.accelerator.device
+    device = "cpu" if device.type == "cpu" else str(device)
     heads = load_file(str(folder / "value_heads.safetensors"), device=device)
-    trainer.unwrapped.value_heads.load_state_dict(heads)
+    parts.model.value_heads.load_state_dict(heads)
     optim_state = torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
-    trainer.optimizer.load_state_dict(optim_state)
-    trainer.kl_controller.load_state_dict(state["kl_controller"])
-    restore_combiner_state(trainer.combiner, folder)
-    trainer.global_step = int(state["step"])
-    trainer.history = list(state.get("history", []))
-    trainer.eval_history = list(state.get("eval_history", []))
-    trainer.value_warmup_step = int(state.get("value_warmup_step", 0))
-    trainer.value_warmup_history = list(state.get("value_warmup_history", []))
-    scaler = getattr(trainer.accelerator, "scaler", None)
+    parts.optimizer.load_state_dict(optim_state)
+    parts.kl_controller.load_state_dict(state["kl_controller"])
+    restore_combiner_state(parts.combiner, folder)
+    scaler = getattr(parts.accelerator, "scaler", None)
     scaler_path = folder / SCALER_FILE
     if scaler is not None and scaler_path.is_file():
         # Without it fp16 restarts at the initial loss scale: skipped steps, another update.
@@ -153,11 +176,13 @@ def load_training_state(trainer: MOPPOTrainer, folder: Path) -> None:
     rng_path = folder / "rng_state.pt"
     if rng_path.is_file():
         restore_rng_state(torch.load(rng_path, weights_only=True))
-    if trainer.accelerator.is_main_process:
-        for path in (trainer.metrics_path, trainer.output_dir / "eval.jsonl"):
-            drop_lines_after(path, trainer.global_step)
-    if trainer.best is not None:
-        trainer.best.restore(max_step=trainer.global_step)
+    return Progress(
+        step=int(state["step"]),
+        history=list(state.get("history", [])),
+        eval_history=list(state.get("eval_history", [])),
+        value_warmup_step=int(state.get("value_warmup_step", 0)),
+        value_warmup_history=list(state.get("value_warmup_history", [])),
+    )
 
 
 def drop_lines_after(path: Path, step: int) -> None:

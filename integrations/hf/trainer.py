@@ -70,7 +70,13 @@ from .reporting import Reporter, append_jsonl
 from .reward_models import RewardHead, accepts_tokens
 from .rewards import parse_reward_spec, score_batch, unique_reward_names
 from .rollout import Rollout, check_prompts_fit, generate_rollout, warn_processed_sampling
-from .state import drop_lines_after, load_training_state, save_checkpoint
+from .state import (
+    CheckpointParts,
+    Progress,
+    drop_lines_after,
+    load_training_state,
+    save_checkpoint,
+)
 from .update import PPOSetup, RolloutBatch, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, response_forward
 from .warmup import fit_value_heads, warmup_metrics, warmup_seed
@@ -210,7 +216,7 @@ class MOPPOTrainer:
         self.eval_history: list[dict[str, Any]] = []
         self.best = BestCheckpoint.from_config(config, self.reward_names)
         if self.resume_dir is not None:
-            load_training_state(self, self.resume_dir)  # and the best checkpoint's value
+            self._resume(self.resume_dir)
         elif config.resume_from == "auto" and self.accelerator.is_main_process:
             # A fresh start: lines a run killed before its first checkpoint logged go.
             for path in (self.metrics_path, self.output_dir / "eval.jsonl"):
@@ -683,4 +689,33 @@ class MOPPOTrainer:
         self, directory: str | Path | None = None, extra_files: dict[str, str] | None = None
     ) -> Path:
         """Save policy/adapter, value heads, optimizer, RNG and trainer state atomically."""
-        return save_checkpoint(self, directory, extra_files)
+        default = self.output_dir / f"checkpoint-{self.global_step}"
+        target = Path(directory) if directory else default
+        progress = Progress(
+            self.global_step, self.history, self.eval_history, self.value_warmup_step,
+            self.value_warmup_history,
+        )  # fmt: skip
+        return save_checkpoint(self.checkpoint_parts(), progress, target, extra_files)
+
+    def checkpoint_parts(self) -> CheckpointParts:
+        """What a checkpoint holds (:class:`.state.CheckpointParts`)."""
+        return CheckpointParts(
+            self.unwrapped, self.tokenizer, self.optimizer, self.accelerator, self.combiner,
+            self.kl_controller, self.config, self.reward_names,
+        )  # fmt: skip
+
+    def _resume(self, folder: Path) -> None:
+        """Load ``folder``'s training state (:func:`.state.load_training_state`), its step and
+        histories; drop the log lines of the abandoned continuation; the best checkpoint's
+        value."""
+        progress = load_training_state(self.checkpoint_parts(), folder)
+        self.global_step = progress.step
+        self.history = progress.history
+        self.eval_history = progress.eval_history
+        self.value_warmup_step = progress.value_warmup_step
+        self.value_warmup_history = progress.value_warmup_history
+        if self.accelerator.is_main_process:
+            for path in (self.metrics_path, self.output_dir / "eval.jsonl"):
+                drop_lines_after(path, self.global_step)
+        if self.best is not None:
+            self.best.restore(max_step=self.global_step)
