@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .advantages import AdaptiveKLController, discounted_cumsum, gae, kl_penalized_rewards
+from .batch import RolloutBatch
 from .checkpoint import find_latest_checkpoint
 from .config import MOPPOConfig
 from .data import load_prompt_dataset, render_prompt
@@ -30,7 +31,7 @@ from .rewards import (
     parse_reward_spec,
 )
 from .rollout import Rollout, generate_rollout, response_mask
-from .trainer import MOPPOTrainer, RolloutBatch
+from .trainer import MOPPOTrainer
 from .value_heads import PolicyWithValueHeads, ValueHeads, clipped_value_loss
 
 __all__ = [

@@ -20,7 +20,7 @@ import torch
 from .advantages import masked_mean
 
 if TYPE_CHECKING:
-    from .update import RolloutBatch
+    from .batch import RolloutBatch
 
 __all__ = ["PhaseClock", "step_metrics", "value_error_metrics"]
 

@@ -39,6 +39,7 @@ from .advantages import (
     normalize_advantages,
     scalarize_advantages,
 )
+from .batch import RolloutBatch
 from .checkpoint import RESUME_MODES, clean_interrupted_writes, resolve_resume, resume_advice
 from .config import SCALARISED_COMBINERS, WEIGHTED_COMBINERS, MOPPOConfig
 from .data import Prompt, is_conversation, load_prompt_dataset, render_prompts, sample_prompts
@@ -77,7 +78,7 @@ from .state import (
     load_training_state,
     save_checkpoint,
 )
-from .update import PPOSetup, RolloutBatch, check_accumulation, ppo_update
+from .update import PPOSetup, check_accumulation, ppo_update
 from .value_heads import PolicyWithValueHeads, response_forward
 from .warmup import fit_value_heads, warmup_metrics, warmup_seed
 
