@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 
 from ._validation import check_finite
-from .combiners import MGDA, Combiner, CombineResult, _check_shared, _grads_wrt, _with_value
+from .combiner_base import Combiner, CombineResult, _check_shared, _grads_wrt, _with_value
+from .mgda import MGDA
 from .min_norm import gram_matrix
 
 __all__ = ["ZOO", "ZOO_NAMES", "TorchJD", "ZooMethod", "zoo_combiner"]
