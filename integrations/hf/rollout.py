@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .data import is_conversation, render_prompts
+
 __all__ = [
     "ExchangeTokens",
     "Rollout",
@@ -291,4 +293,27 @@ def warn_processed_sampling(config: Any) -> None:
             "Leave top_k=0, top_p=1.0 and min_new_tokens=0 for on-policy PPO.",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def check_prompt_pools(
+    tokenizer: Any,
+    context: int | None,
+    pools: list[tuple[str, list[Any], int]],
+    max_prompt_length: int | None,
+) -> None:
+    """Every prompt of each pool ``(what, prompts, new_tokens)``, with its new tokens, fits
+    ``context`` (the policy's context length; None: unknown, nothing checked)."""
+    if context is None:
+        return
+    for what, prompts, new_tokens in pools:
+        chat = is_conversation(prompts[0])
+        check_prompts_fit(
+            tokenizer,
+            render_prompts(tokenizer, prompts),
+            context,
+            new_tokens,
+            max_prompt_length,
+            add_special_tokens=not chat,
+            what=what,
         )

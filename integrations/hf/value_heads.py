@@ -131,3 +131,39 @@ def clipped_value_loss(
     maskf = mask.to(per_token.dtype)
     per_objective = 0.5 * (per_token * maskf).sum(dim=(1, 2)) / maskf.sum().clamp_min(1.0)
     return per_objective.sum()
+
+
+@torch.no_grad()
+def forward_rollout(
+    model: Any,
+    reference_model: Any,
+    reference_context: Any,
+    rollout: Any,
+    *,
+    chunk_size: int,
+    temperature: float,
+    accelerator: Any,
+) -> dict[str, torch.Tensor]:
+    """Log-probs under the policy and the reference, and the n values, of a rollout's
+    sequences, ``chunk_size`` at a time. ``model``: the policy with its value heads
+    (unwrapped); ``reference_context()``: the context in which ``reference_model`` is the
+    reference (LoRA: the adapter switched off)."""
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "ref_logprobs": []}
+    for lo in range(0, rollout.input_ids.shape[0], chunk_size):
+        ids = rollout.input_ids[lo : lo + chunk_size]
+        attn = rollout.attention_mask[lo : lo + chunk_size]
+        # The same autocast as the prepared model's forward in the update: ratios start at 1.
+        with accelerator.autocast():
+            out = model(ids, attn, rollout.response_start, temperature=temperature)
+            with reference_context():
+                ref = response_forward(
+                    reference_model, ids, attn, rollout.response_start, temperature=temperature
+                )
+        parts["logprobs"].append(out["logprobs"])
+        parts["values"].append(out["values"])
+        parts["ref_logprobs"].append(ref["logprobs"])
+    return {
+        "logprobs": torch.cat(parts["logprobs"], dim=0),
+        "ref_logprobs": torch.cat(parts["ref_logprobs"], dim=0),
+        "values": torch.cat(parts["values"], dim=1),
+    }
