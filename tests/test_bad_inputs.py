@@ -234,7 +234,7 @@ def test_collective_timeout_that_is_not_a_positive_number(value) -> None:
 @pytest.fixture
 def no_policy_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if the policy's weights are loaded: the error must come first."""
-    from paretoopt.integrations.hf import trainer as trainer_module
+    from paretoopt.integrations.hf import algorithm as trainer_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("the policy was loaded before the bad input was refused")

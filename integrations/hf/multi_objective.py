@@ -30,12 +30,10 @@ and the choices made (gradient accumulation, DDP, fp16) are in docs/hf_trainer.m
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +43,24 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import find_batch_size
 
 from paretoopt import (
-    MGDA,
     PAMA,
     Combiner,
     LinearScalarization,
-    TorchJD,
     combine_and_backward,
-    make_combiner,
 )
 
-from ..distributed import DistributedMGDA, DistributedTorchJD, all_reduce_sum, is_distributed
-from ..faults import refuse_sharded_training, set_collective_timeout, stop_together
+from ..faults import set_collective_timeout, stop_together
+from .multi_objective_args import (
+    ComputeLosses,
+    MultiObjectiveTrainingArguments,
+    _accumulation_split,
+    _arg,
+    _refuse_sharding,
+    check_weight_count,
+    combiner_from_args,
+    no_shared_message,
+)
+from .multi_objective_logs import accumulate, global_means, objective_values
 from .objectives import (
     ObjectiveLayout,
     SharedCapture,
@@ -67,173 +72,6 @@ from .objectives import (
 from .state import COMBINER_FILE, combiner_state, restore_combiner_state
 
 __all__ = ["MultiObjectiveTrainer", "MultiObjectiveTrainingArguments"]
-
-ComputeLosses = Callable[..., Any]
-
-
-def _json_field(value: Any, name: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} must be a dict or a JSON object string: {exc}") from exc
-    return value
-
-
-@dataclass
-class MultiObjectiveTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus where the losses, the shared tensor and the heads are.
-
-    Every field is plain data (saved with each checkpoint, settable from the command line
-    through ``HfArgumentParser``); a combiner *object* or a ``compute_losses`` callable goes to
-    :class:`MultiObjectiveTrainer` instead.
-    """
-
-    combiner: str = field(
-        default="pama",
-        metadata={
-            "help": "pama | mgda (exact, over the trunk) | mgda_ub | linear | morlhf | a "
-            "torchjd aggregator by its name in lower case (upgrad, cagrad, pcgrad, nashmtl, "
-            '...; combiner_kwargs {"mode": "params"} for the trunk, default the shared tensor)'
-        },
-    )
-    combiner_kwargs: dict | str | None = field(
-        default=None,
-        metadata={"help": 'kwargs for paretoopt.make_combiner, e.g. {"normalization": "l2"}'},
-    )
-    losses_key: str = field(
-        default="losses",
-        metadata={"help": "key of the model output holding a dict name->loss or a tuple"},
-    )
-    objectives: list[str] | None = field(
-        default=None,
-        metadata={"help": "names (and order) of the objectives; default: the output's keys"},
-    )
-    shared_module: str | None = field(
-        default=None,
-        metadata={"help": "module whose output is the shared tensor (PAMA, MGDA-UB); "
-                  "default: the model's last hidden states"},
-    )  # fmt: skip
-    trunk_module: str | None = field(
-        default=None,
-        metadata={"help": "module whose trainable parameters are the trunk (exact MGDA's "
-                  "params); default: every trainable parameter outside the heads"},
-    )  # fmt: skip
-    head_modules: dict | str | None = field(
-        default=None,
-        metadata={"help": 'objective -> module name(s) of its head, e.g. {"a": "head_a"}'},
-    )
-    log_combiner_stats: bool = field(
-        default=True, metadata={"help": "log the combiner's stats (min-norm, veto rate, ...)"}
-    )
-    ddp_timeout: int = field(
-        default=600,
-        metadata={"help": "seconds a collective waits for the other processes before every "
-                  "process stops (transformers' default: 1800)"},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.combiner_kwargs = _json_field(self.combiner_kwargs, "combiner_kwargs") or {}
-        self.head_modules = _json_field(self.head_modules, "head_modules")
-        # fail now on a bad name or kwarg
-        combiner = make_combiner(self.combiner, **self.combiner_kwargs)
-        if self.head_modules is not None and not isinstance(self.head_modules, Mapping):
-            raise TypeError("head_modules must map objective names to module names")
-        if self.objectives is not None:
-            names = [str(o) for o in self.objectives]
-            check_objective_count(names, "objectives")
-            if self.head_modules:
-                check_head_objectives(self.head_modules, names)
-            check_weight_count(combiner, names)
-
-
-_DEFAULTS = MultiObjectiveTrainingArguments.__dataclass_fields__
-
-
-def check_objective_count(names: list[str], source: str) -> None:
-    """At least two distinct objectives: one loss needs no combiner."""
-    if len(names) < 2:
-        raise ValueError(
-            f"{source} names {len(names)} objective ({names}); a multi-objective combiner needs "
-            "at least two losses (with one, use transformers.Trainer)"
-        )
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"{source} repeats the objectives {repeated}")
-
-
-def check_head_objectives(head_modules: Mapping[str, Any], names: list[str]) -> None:
-    unknown = [k for k in head_modules if k not in names]
-    if unknown:
-        raise ValueError(
-            f"head_modules names objectives {unknown} that the losses do not have "
-            f"(objectives: {names})"
-        )
-
-
-def check_weight_count(combiner: Combiner, names: list[str]) -> None:
-    """A combiner with fixed weights (linear, morlhf) has one weight per objective."""
-    weights = getattr(combiner, "weights", None)
-    if weights is not None and len(weights) != len(names):
-        raise ValueError(
-            f"{type(combiner).__name__} has {len(weights)} weights {list(weights)} for "
-            f"{len(names)} objectives {names}: give one weight per objective, in their order"
-        )
-
-
-def _refuse_sharding(args: TrainingArguments, distributed_type: Any = None) -> None:
-    """FSDP and DeepSpeed, asked for by the arguments, accelerate's environment or the built
-    accelerator, are refused before any step (on the CPU accelerate would run DDP instead)."""
-    requested = {}
-    if getattr(args, "fsdp", None):
-        requested["FSDP"] = f"TrainingArguments.fsdp={args.fsdp!r}"
-    if getattr(args, "deepspeed", None):
-        requested["DeepSpeed"] = f"TrainingArguments.deepspeed={args.deepspeed!r}"
-    refuse_sharded_training(
-        "MultiObjectiveTrainer",
-        "the combiners take per-objective gradients with torch.autograd.grad, which under FSDP "
-        "or DeepSpeed ZeRO sees only this process's shard of the flattened parameters and "
-        "bypasses their gather and reduce hooks",
-        "; to save memory use PEFT (LoRA), gradient checkpointing, or a smaller "
-        "per_device_train_batch_size with gradient_accumulation_steps",
-        distributed_type=distributed_type,
-        requested=requested,
-    )
-
-
-def _arg(args: TrainingArguments, name: str) -> Any:
-    # A plain TrainingArguments works too: the multi-objective fields take their defaults.
-    if hasattr(args, name):
-        return getattr(args, name)
-    return _DEFAULTS[name].default
-
-
-def _accumulation_split(
-    losses: list[Tensor], steps: int, scaled: bool, degree: int
-) -> tuple[list[Tensor], float, float]:
-    """How one micro-batch of ``steps`` enters gradient accumulation.
-
-    Returns ``(seen, grad_scale, per_step)``: the losses the combiner sees, the factor on
-    every gradient written, and the divisor of the seen losses' combined value that makes the
-    micro-batch's share of the step. The target: k micro-batches accumulate the *average* of
-    their combined steps (with k identical micro-batches, one step on one of them).
-
-    * A combination that scales with the losses (degree 1: fixed weights, PAMA, MGDA with
-      simplex weights) sees the losses divided by ``steps`` (or, with ``scaled``, already
-      divided by the accumulated item count), exactly as the Trainer divides one loss.
-    * A scale-free one (``MGDA(rescale=True)`` with a normalisation: degree 0 or -1) would
-      undo that division, and k micro-batches would add up to k steps. It sees each
-      micro-batch's own mean losses instead (with ``scaled``, the losses times ``steps``:
-      exact for micro-batches with equal item counts), and ``1 / steps`` goes on the
-      gradients.
-    """
-    if degree == 1:
-        if scaled or steps == 1:
-            return list(losses), 1.0, 1.0
-        return [loss / steps for loss in losses], 1.0, 1.0
-    seen = [loss * steps for loss in losses] if scaled else list(losses)
-    return seen, 1.0 / steps, float(steps)
 
 
 class MultiObjectiveTrainer(Trainer):
@@ -314,21 +152,7 @@ class MultiObjectiveTrainer(Trainer):
                     find_module(root, mod_name, f"head module of objective {obj!r}")
 
     def _combiner_from_args(self) -> Combiner:
-        kwargs = dict(_arg(self.args, "combiner_kwargs") or {})
-        combiner = make_combiner(_arg(self.args, "combiner"), **kwargs)
-        if isinstance(combiner, MGDA) and self.args.world_size > 1:
-            # Exact MGDA's Gram matrix is of the global gradients: all-reduce before the solve.
-            combiner = DistributedMGDA(
-                mode=combiner.mode,
-                normalization=combiner.normalization,
-                solver=combiner.solver,
-                tol=combiner.tol,
-                max_iter=combiner.max_iter,
-                rescale=combiner.rescale,
-            )
-        if isinstance(combiner, TorchJD) and self.args.world_size > 1:
-            combiner = DistributedTorchJD(combiner)  # weights from the global Gram matrix
-        return combiner
+        return combiner_from_args(self.args)
 
     @property
     def _needs_shared(self) -> bool:
@@ -435,7 +259,11 @@ class MultiObjectiveTrainer(Trainer):
         if training and self._needs_shared:
             shared = capture.tensor if capture is not None else None
             if shared is None:
-                raise ValueError(self._no_shared_message(model, outputs))
+                captured = self._capture.output if self._capture is not None else None
+                raise ValueError(no_shared_message(
+                    type(self.combiner).__name__, _arg(self.args, "shared_module"),
+                    self._root(model), captured if captured is not None else outputs,
+                ))  # fmt: skip
         return names, losses, shared, outputs, scaled
 
     def _forward_takes(self, name: str) -> bool:
@@ -443,25 +271,6 @@ class MultiObjectiveTrainer(Trainer):
         if hasattr(root, "get_base_model"):  # PEFT passes its keyword arguments through
             root = root.get_base_model()
         return name in inspect.signature(root.forward).parameters
-
-    def _no_shared_message(self, model: nn.Module, outputs: Any) -> str:
-        name = _arg(self.args, "shared_module")
-        combiner = type(self.combiner).__name__
-        if name is not None:
-            return (
-                f"{combiner} needs a shared tensor, but shared_module {name!r} did not run in "
-                "the forward pass"
-            )
-        if self._capture is not None and self._capture.output is not None:
-            outputs = self._capture.output
-        keys = list(outputs.keys()) if isinstance(outputs, Mapping) else []
-        return (
-            f"{combiner} needs a shared tensor (a representation every loss depends on) and "
-            f"none was found: the model output has no hidden_states or last_hidden_state "
-            f"(keys: {keys}). Set shared_module='<module name>' (top-level modules of "
-            f"{type(self._root(model)).__name__}: "
-            f"{[n for n, _ in self._root(model).named_children()]}), or use combiner='mgda'"
-        )
 
     def train(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         """``Trainer.train``; under several processes, one process failing (an error, a kill, a
@@ -671,45 +480,14 @@ class MultiObjectiveTrainer(Trainer):
     # ---- logging ----------------------------------------------------------------------
 
     def _record_train(self, names: list[str], losses: list[Tensor], result: Any) -> None:
-        values: dict[str, float] = {}
-        for i, name in enumerate(names):
-            values[f"loss/{name}"] = float(losses[i].detach())
-            if result.weights is not None:  # a torchjd aggregator may have none
-                values[f"weight/{name}"] = float(result.weights[i])
-        if _arg(self.args, "log_combiner_stats"):
-            prefix = getattr(self.combiner, "name", "combiner")
-            for key, value in result.stats.items():
-                head, _, tail = key.partition("/")
-                if head == "weight" or isinstance(value, str):
-                    continue  # logged by name above; a name (the torchjd method) is no metric
-                if tail.isdigit():
-                    key = f"{head}/{names[int(tail)]}"
-                values[f"{prefix}/{key}"] = float(value)
-        for key, value in values.items():
-            self._train_sums[key] = self._train_sums.get(key, 0.0) + value
-            self._train_counts[key] = self._train_counts.get(key, 0.0) + 1.0
+        prefix = getattr(self.combiner, "name", "combiner")
+        stats = result.stats if _arg(self.args, "log_combiner_stats") else None
+        values = objective_values(names, losses, result.weights, stats, prefix)
+        accumulate(self._train_sums, self._train_counts, values)
 
     def _means(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
-        """``sum / count`` per key, over every process. Each process must call it (it is
-        collective), also one that recorded nothing (it adds zero sums and zero counts): the
-        keys are first gathered from all processes, so that every one reduces the same list."""
-        keys = sorted(sums)
-        if is_distributed():
-            import torch.distributed as dist
-
-            gathered: list[list[str] | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, keys)
-            keys = sorted({k for part in gathered for k in part or []})
-        if not keys:
-            return {}
-        vec = torch.tensor(
-            [[sums.get(k, 0.0) for k in keys], [counts.get(k, 0.0) for k in keys]],
-            dtype=torch.float64,
-        )
-        if is_distributed():
-            vec = all_reduce_sum(vec.to(self.args.device)).cpu()
-        means = (vec[0] / vec[1]).tolist()  # 0/0 = nan where no process recorded the key
-        return {k: float(v) for k, v in zip(keys, means, strict=True) if math.isfinite(v)}
+        """Means over every process (:func:`.multi_objective_logs.global_means`)."""
+        return global_means(sums, counts, self.args.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the per-objective losses, weights and combiner stats, averaged over the steps
