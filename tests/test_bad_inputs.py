@@ -23,7 +23,7 @@ from hf_fixtures import CHATS, PROMPTS, make_tiny_lm, make_two_head_reward_model
 from mo_fixtures import build_two_task, load_two_task, two_task_data
 from paretoopt.integrations.hf import MultiObjectiveTrainer, MultiObjectiveTrainingArguments
 from paretoopt.integrations.hf.data import load_prompt_dataset
-from paretoopt.integrations.hf.reward_models import parse_reward_model_spec
+from paretoopt.integrations.hf.reward_model_specs import parse_reward_model_spec
 from torch import nn
 
 from paretoopt import LinearScalarization

@@ -26,9 +26,9 @@ from paretoopt.integrations.hf.data import (
     validate_prompt,
     with_response,
 )
+from paretoopt.integrations.hf.reward_model_specs import parse_reward_model_spec
 from paretoopt.integrations.hf.reward_models import (
     RewardModel,
-    parse_reward_model_spec,
     shared_reward_model,
 )
 

@@ -23,7 +23,7 @@ from hf_fixtures import (
 )
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
 from paretoopt.integrations.hf.checkpoint import is_checkpoint
-from paretoopt.integrations.hf.reward_models import parse_reward_model_spec
+from paretoopt.integrations.hf.reward_model_specs import parse_reward_model_spec
 
 pytestmark = pytest.mark.hf
 

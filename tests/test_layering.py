@@ -191,3 +191,13 @@ KNOWN_CYCLES = [
     # kept as its protocol split left it (docs/architecture.md).
     ["paretoopt.integrations.study.report", "paretoopt.integrations.study.report_arms"],
 ]
+
+
+def test_every_module_is_at_most_500_lines() -> None:
+    """A module one reads at a sitting: split by concern before it grows past this."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in package_modules().values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long

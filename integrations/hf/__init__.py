@@ -22,7 +22,8 @@ from .config import MOPPOConfig
 from .data import load_prompt_dataset, render_prompt
 from .evaluation import BestCheckpoint, EvalResult, evaluate
 from .export import export_model
-from .reward_models import RewardHead, RewardModel, parse_reward_model_spec
+from .reward_model_specs import parse_reward_model_spec
+from .reward_models import RewardHead, RewardModel
 from .rewards import (
     RewardError,
     RewardModelFunction,

@@ -18,10 +18,10 @@ from typing import Any, NoReturn, Protocol
 
 import torch
 
+from .reward_model_specs import parse_reward_model_spec
 from .reward_models import (
     RewardHead,
     accepts_tokens,
-    parse_reward_model_spec,
     shared_reward_model,
 )
 from .rollout import ExchangeTokens
