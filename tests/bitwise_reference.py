@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_fixtures import PROMPTS, make_tiny_lm
+from hf_fixtures import PROMPTS, good_rate, make_tiny_lm
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "bitwise_reference.json"
 ARMS: dict[str, dict[str, Any]] = {
@@ -31,11 +31,6 @@ ARMS: dict[str, dict[str, Any]] = {
     "morlhf": {"combiner": "morlhf", "combiner_weights": [0.3, 0.7]},
     "gdpo": {"combiner": "gdpo", "combiner_weights": [0.3, 0.7]},
 }
-
-
-def good_rate(prompts: list[str], responses: list[str]) -> list[float]:
-    """Share of the word "good" in each response."""
-    return [r.split().count("good") / max(1, len(r.split())) for r in responses]
 
 
 def exact(value: Any) -> Any:
@@ -50,7 +45,8 @@ def exact(value: Any) -> Any:
 
 
 def run_arm(model_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
+    from hf_fixtures import length_words
+    from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
 
     config = MOPPOConfig(
         steps=2, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=8,
@@ -60,7 +56,7 @@ def run_arm(model_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> dict[s
     )  # fmt: skip
     trainer = MOPPOTrainer(
         config, str(model_dir), prompts=PROMPTS, eval_prompts=PROMPTS[:4],
-        rewards=[make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words"), good_rate],
+        rewards=[length_words, good_rate],
         reward_names=["len", "good"],
     )  # fmt: skip
     history = trainer.train()

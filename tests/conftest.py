@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from hf_fixtures import make_tiny_lm
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -36,3 +38,10 @@ def _no_leftover_mixed_precision():
     shared = state._shared_state
     if shared and shared.get("_mixed_precision", "no") != "no":
         state._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 policy and its word-level tokenizer saved to disk (:mod:`hf_fixtures`),
+    built once per session (per worker): tests load it by path and never write into it."""
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))

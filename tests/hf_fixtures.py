@@ -7,6 +7,7 @@ is downloaded.  Test modules wrap :func:`make_tiny_lm` in a session fixture.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -138,3 +139,19 @@ def make_two_head_reward_model(path: Path, seed: int = 1) -> Path:
     )  # fmt: skip
     GPT2ForSequenceClassification(config).eval().save_pretrained(str(path))
     return path
+
+
+def __getattr__(name: str) -> Any:
+    # ``length_words``: the length reward on words (8 words: 1.0), the first objective of the
+    # trainer tests; built on first use, so that importing this module loads no HF library.
+    if name == "length_words":
+        from paretoopt.integrations.hf import make_length_reward
+
+        globals()[name] = make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words")
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def good_rate(prompts: list[Any], responses: list[str]) -> list[float]:
+    """Share of the word "good" in each response (a second, conflicting objective)."""
+    return [r.split().count("good") / max(1, len(r.split())) for r in responses]

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
 import datasets
-from hf_fixtures import CHATS, PROMPTS, make_tiny_lm, make_two_head_reward_model
+from hf_fixtures import CHATS, PROMPTS, make_two_head_reward_model
 from mo_fixtures import build_two_task, load_two_task, two_task_data
 from paretoopt.integrations.hf import MultiObjectiveTrainer, MultiObjectiveTrainingArguments
 from paretoopt.integrations.hf.data import load_prompt_dataset
@@ -34,11 +34,6 @@ HEADS = {"a": "head_a", "b": "head_b"}
 @pytest.fixture(scope="module")
 def two_task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_two_task(tmp_path_factory.mktemp("two_task"))
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from hf_fixtures import PROMPTS, make_tiny_lm
-from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
+from hf_fixtures import PROMPTS, good_rate, length_words
+from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
 from paretoopt.integrations.hf.checkpoint import is_checkpoint
 from paretoopt.integrations.hf.evaluation import (
     BestCheckpoint,
@@ -30,17 +30,6 @@ from paretoopt.integrations.hf.quant import (
 )
 
 pytestmark = pytest.mark.hf
-
-length_words = make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words")
-
-
-def good_rate(prompts: list[str], responses: list[str]) -> list[float]:
-    return [r.split().count("good") / max(1, len(r.split())) for r in responses]
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm_llm"))
 
 
 def make_trainer(path: Path, tmp_path: Path, **overrides) -> MOPPOTrainer:
@@ -177,7 +166,7 @@ def test_export_adapter_and_merged_weights_load_and_match(tiny_lm: Path, tmp_pat
     assert card == (out / "adapter" / "README.md").read_text()
     for text in ("| len |", "| good |", "0.25", "**pama**", "1 steps", '"lora_r": 4'):
         assert text in card, text
-    assert f"base_model: {tiny_lm}" in card and "test_hf_llm.good_rate" in card
+    assert f"base_model: {tiny_lm}" in card and "hf_fixtures.good_rate" in card
     assert json.loads((out / "value_heads.json").read_text())["objectives"] == ["len", "good"]
 
 

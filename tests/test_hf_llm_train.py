@@ -17,26 +17,16 @@ import datasets
 from hf_fixtures import (
     CHATS,
     PROMPTS,
+    good_rate,
+    length_words,
     make_tiny_chat_lm,
-    make_tiny_lm,
     make_two_head_reward_model,
 )
-from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
+from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
 from paretoopt.integrations.hf.checkpoint import is_checkpoint
 from paretoopt.integrations.hf.reward_model_specs import parse_reward_model_spec
 
 pytestmark = pytest.mark.hf
-
-length_words = make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words")
-
-
-def good_rate(prompts: list[str], responses: list[str]) -> list[float]:
-    return [r.split().count("good") / max(1, len(r.split())) for r in responses]
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm_acc"))
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from hf_fixtures import PROMPTS, make_tiny_lm
-from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, make_length_reward
+from hf_fixtures import PROMPTS, good_rate, length_words
+from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
 from paretoopt.integrations.hf.advantages import (
     MinNormAdvantages,
     advantage_gram,
@@ -29,17 +29,6 @@ from paretoopt.integrations.hf.metrics import value_error_metrics
 from paretoopt.integrations.hf.update import policy_loss
 
 pytestmark = pytest.mark.hf
-
-length_words = make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words")
-
-
-def good_rate(prompts: list[str], responses: list[str]) -> list[float]:
-    return [r.split().count("good") / max(1, len(r.split())) for r in responses]
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm_ppo"))
 
 
 def config(tmp_path: Path, **overrides) -> MOPPOConfig:

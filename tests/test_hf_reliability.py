@@ -25,7 +25,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
-from hf_fixtures import PROMPTS, make_tiny_lm
+from hf_fixtures import PROMPTS
 from paretoopt.integrations.hf.checkpoint import (
     STATE_FILE,
     clean_interrupted_writes,
@@ -37,11 +37,6 @@ from paretoopt.integrations.hf.checkpoint import (
 pytestmark = pytest.mark.hf
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 # ----------------------------------------------------------------- resume="auto"

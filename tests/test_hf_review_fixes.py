@@ -1,4 +1,4 @@
-"""Regression tests of the trainer review (issue 10): truncation, EOS ids, PAMA granularity
+"""Regression tests of the trainer's first review: truncation, EOS ids, PAMA granularity
 and masks on the trainer's routes, early errors for missing models, rewards from Python
 functions on the command line, sampling warnings and the reward model's separator."""
 
@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
-from hf_fixtures import PROMPTS, build_policy, build_tokenizer, make_tiny_lm
+from hf_fixtures import PROMPTS, build_policy, build_tokenizer
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer, RewardModelFunction
 from paretoopt.integrations.hf.advantages import masked_mean
 from paretoopt.integrations.hf.cli import build_parser, main
@@ -24,11 +24,6 @@ from paretoopt.integrations.hf.rewards import parse_reward_spec
 pytestmark = pytest.mark.hf
 
 LONG = "the film was very good and long"
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 def config(tmp_path: Path, **overrides) -> MOPPOConfig:

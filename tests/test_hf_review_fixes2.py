@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
-from hf_fixtures import PROMPTS, make_tiny_lm, make_two_head_reward_model
+from hf_fixtures import PROMPTS, make_two_head_reward_model
 from paretoopt.integrations.hf import MOPPOConfig, MOPPOTrainer
 from paretoopt.integrations.hf.reward_models import RewardHead, shared_reward_model
 from paretoopt.integrations.hf.rewards import (
@@ -25,11 +25,6 @@ from paretoopt.integrations.hf.rewards import (
 )
 
 pytestmark = pytest.mark.hf
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 def config(tmp_path: Path, **overrides) -> MOPPOConfig:

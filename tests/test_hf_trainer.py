@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
-from hf_fixtures import PROMPTS, build_tokenizer, make_tiny_lm
+from hf_fixtures import PROMPTS, build_tokenizer
 from paretoopt.integrations.hf import (
     MOPPOConfig,
     MOPPOTrainer,
@@ -24,12 +24,6 @@ from paretoopt.integrations.hf import (
 from paretoopt.integrations.hf.checkpoint import STATE_FILE, is_checkpoint
 
 pytestmark = pytest.mark.hf
-
-
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT-2 policy + word-level tokenizer saved to disk, built once per session."""
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 length_words = make_length_reward(scale=8, lo=0.0, hi=1.0, unit="words")

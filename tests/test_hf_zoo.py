@@ -16,7 +16,6 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 pytest.importorskip("torchjd")
 
-from hf_fixtures import make_tiny_lm
 from mo_fixtures import build_two_task, load_two_task, two_task_data
 from paretoopt.integrations.hf import (
     MOPPOConfig,
@@ -31,11 +30,6 @@ from paretoopt import TorchJD
 from paretoopt.zoo import ZOO_NAMES
 
 pytestmark = pytest.mark.hf
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm_zoo"))
 
 
 @pytest.mark.parametrize("name,mode", [("upgrad", "shared"), ("upgrad", "params"),
