@@ -186,11 +186,7 @@ def test_no_import_cycles_among_the_package_modules() -> None:
     assert not cycles, cycles
 
 
-KNOWN_CYCLES = [
-    # The study's report and its per-arm tables call each other lazily; the study package is
-    # kept as its protocol split left it (docs/architecture.md).
-    ["paretoopt.integrations.study.report", "paretoopt.integrations.study.report_arms"],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def test_every_module_is_at_most_500_lines() -> None:

@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from .protocol import METHOD_LABELS
+from .report_arms import (
+    ordering_lines,
+    own_best_lines,
+    setting,
+    tuning_lines,
+    verdict_lines,
+)
 
 COLORS = {
     "sft": "#7f7f7f",
@@ -208,33 +215,7 @@ def rates_lines(t: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def tuning_table(tuning: Mapping[str, Any]) -> list[str]:
-    methods = tuning["methods"]
-    head = ["lr", "KL coef", "ratio to", "advantages", "score", *methods]
-    lines = [_row(head), _row(["---"] * len(head))]
-    for r in tuning["table"]:
-        chosen = all(r[k] == v for k, v in tuning["chosen"].items())
-        cells = [
-            f"{r['learning_rate']:g}",
-            f"{r['kl_coef']:g}",
-            r["ratio_to"],
-            r["advantage_normalization"],
-            _f(r["score"], 3) + (" **chosen**" if chosen else ""),
-            *[_f(r["per_method"][m], 3) for m in methods],
-        ]
-        lines.append(_row(cells))
-    return lines
-
-
 def study_markdown(results: Mapping[str, Any]) -> str:
-    from .report_arms import (
-        ordering_lines,
-        own_best_lines,
-        setting,
-        tuning_lines,
-        verdict_lines,
-    )
-
     cfg = results["config"]
     hparams = results.get("hparams", {})
     if hparams and not all(isinstance(v, dict) for v in hparams.values()):

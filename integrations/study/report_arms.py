@@ -115,10 +115,26 @@ def own_best_lines(t: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def tuning_table(tuning: Mapping[str, Any]) -> list[str]:
+    methods = tuning["methods"]
+    head = ["lr", "KL coef", "ratio to", "advantages", "score", *methods]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in tuning["table"]:
+        chosen = all(r[k] == v for k, v in tuning["chosen"].items())
+        cells = [
+            f"{r['learning_rate']:g}",
+            f"{r['kl_coef']:g}",
+            r["ratio_to"],
+            r["advantage_normalization"],
+            _f(r["score"], 3) + (" **chosen**" if chosen else ""),
+            *[_f(r["per_method"][m], 3) for m in methods],
+        ]
+        lines.append(_row(cells))
+    return lines
+
+
 def tuning_lines(tuning: Mapping[str, Any]) -> list[str]:
     """Per tuned task (and the paper arm): the grid, each method's score, the choices."""
-    from .report import tuning_table
-
     tables = dict(tuning.get("tasks", {}))
     if tuning.get("paper"):
         tables["paper arm (sentiment_length)"] = tuning["paper"]
