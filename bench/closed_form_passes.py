@@ -4,8 +4,9 @@ Run from the repository root (one intra-op thread, as the suites)::
 
     OMP_NUM_THREADS=1 python bench/closed_form_passes.py
 
-Part 1: s* (``pama_advantages``, ``noon=False``) and s* with the weights
-(``pama_closed_form``) over an n x N float32 input, against a copy of that input into a
+Part 1: s* (``pama_advantages``, ``noon=False``), s* with the weights (``pama_closed_form``,
+no clipping; and ``pama_advantages(..., return_weights=True)``, Noon clipping, the RL caller's
+path) over an n x N float32 input, against a copy of that input into a
 preallocated buffer, and the whole-tensor formulas (``amin``/``amax``, three tie masks) in the
 same interleaved rounds. Part 2: the full training update of the suite ``full_step``
 (gpt2-100k) with the generic PAMA combiner, its n gradients batched or one backward each, as
@@ -52,13 +53,15 @@ def weight_selection_case(n: int, size: int) -> str:
     }
     if n * size <= 8 * 10**7:
         variants["weights"] = lambda: pama_closed_form(a)
+        variants["weights_noon"] = lambda: pama_advantages(a, return_weights=True)
     if n * size <= 2 * 10**7:
         variants["weights_was"] = lambda: whole_tensor_weights(a)
     r = run_interleaved(variants, 5, baseline="copy", target_s=3.0)["ratio"]
     nan = float("nan")
     return (
         f"n={n} N={size:.0e}: s* {r['s_star']:.2f}x (was {r['s_star_was']:.2f}x), "
-        f"s* + weights {r.get('weights', nan):.2f}x (was {r.get('weights_was', nan):.2f}x)"
+        f"s* + weights {r.get('weights', nan):.2f}x (was {r.get('weights_was', nan):.2f}x), "
+        f"Noon s* + weights {r.get('weights_noon', nan):.2f}x"
     )
 
 

@@ -84,6 +84,15 @@ def check_losses(losses: Tensor | Sequence[Tensor]) -> list[Tensor]:
         items = list(losses)
     if not items:
         raise ValueError("losses is empty: need at least one objective")
+    # One finiteness check for all the losses; the per-loss one below only names the culprit.
+    try:
+        all_finite = all(isinstance(x, Tensor) and x.numel() == 1 for x in items) and bool(
+            torch.isfinite(torch.stack([x.detach().reshape(()) for x in items])).all()
+            if not isinstance(losses, Tensor)
+            else torch.isfinite(losses.detach()).all()
+        )
+    except RuntimeError:  # mixed devices: the checks one by one
+        all_finite = False
     for i, loss in enumerate(items):
         if not isinstance(loss, Tensor):
             raise TypeError(f"loss of objective {i} is {type(loss).__name__}, not a Tensor")
@@ -93,11 +102,11 @@ def check_losses(losses: Tensor | Sequence[Tensor]) -> list[Tensor]:
             )
         if not loss.is_floating_point():
             raise TypeError(f"loss of objective {i} has dtype {loss.dtype}; expected floating")
-        if not bool(torch.isfinite(loss.detach()).all()):
+        if not all_finite and not bool(torch.isfinite(loss.detach()).all()):
             raise ValueError(f"loss of objective {i} is not finite ({float(loss.detach()):g})")
         if not loss.requires_grad:
             raise ValueError(
                 f"loss of objective {i} does not require grad: it is not connected to any "
                 "trainable tensor"
             )
-    return [loss.reshape(()) for loss in items]
+    return [loss if loss.dim() == 0 else loss.reshape(()) for loss in items]

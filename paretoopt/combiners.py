@@ -213,8 +213,9 @@ class PAMA(Combiner):
         mean_w = over_valid(w).double().mean(-1)
         mean_w = mean_w / mean_w.sum()  # exactly on the simplex despite float32 element weights
         surrogate = (z * direction.detach().to(z.dtype)).sum()
-        value = sum(float(mean_w[i]) * losses[i].detach() for i in range(n))
-        assert isinstance(value, Tensor)
+        # One dot product, not n scalar operations (fixed costs show on small models).
+        detached = torch.stack(losses).detach()
+        value = torch.dot(mean_w.to(detached.dtype), detached)
         conflict = (g.amin(0) < 0) & (g.amax(0) > 0)
         # Elements some objective wants to move but the combination leaves still (with Noon
         # losses: tokens reinforced by one objective and not by another).
@@ -224,8 +225,8 @@ class PAMA(Combiner):
             "conflict_rate": share(conflict),
             "veto_rate": share(vetoed),
         }
-        for i in range(n):
-            stats[f"weight/{i}"] = float(mean_w[i])
+        for i, w_i in enumerate(mean_w.tolist()):
+            stats[f"weight/{i}"] = w_i
         return CombineResult(
             loss=_with_value(surrogate, value), weights=mean_w, stats=stats, element_weights=w
         )

@@ -14,8 +14,11 @@ References
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -116,7 +119,49 @@ _S_STAR_BLOCK_COLS = 1 << 17
 # the CPU the blocked fold's fixed cost made it 1.1-1.2x slower at N = 4096 and 32768 (n = 2
 # to 8), while at n = 2 the whole-tensor reductions reach 20x the copy from N = 262144.
 _S_STAR_WHOLE_BELOW = 1 << 16
-_WEIGHTS_BLOCK_ELEMS = 1 << 16
+# The weights: blocks of at most 2^16 columns and 2^19 elements (fastest at n = 2 and 8; the
+# per-operation cost of smaller blocks and the cache misses of larger ones both showed).
+_WEIGHTS_BLOCK_ELEMS = 1 << 19
+_WEIGHTS_BLOCK_COLS = 1 << 16
+_FOLD_MIN_COLS = 1 << 10
+# Fresh results at least this large are asked to be backed by transparent huge pages (Linux):
+# past glibc's mmap threshold every fresh tensor is new memory, and faulting it in 4 KiB pages
+# cost 5x the copy of the input (n = 2, N = 1e7), more than the closed form itself.
+_HUGE_PAGE_MIN_BYTES = 1 << 23
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _fresh(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.empty``; on the CPU a large one advised to use huge pages before its first touch
+    (as torch's own ``THP_MEM_ALLOC_ENABLE=1`` does): 512x fewer page faults. Advice only: the
+    values are the same, and where the kernel has no huge pages nothing changes."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type != "cpu" or nbytes < _HUGE_PAGE_MIN_BYTES:
+        return out
+    madvise = _madvise()
+    if madvise is not None:
+        # Only the whole huge pages inside the tensor's own allocation.
+        first = (out.data_ptr() + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        last = (out.data_ptr() + nbytes) & ~(_HUGE_PAGE - 1)
+        if last > first:
+            madvise(first, last - first, _MADV_HUGEPAGE)
+    return out
 
 
 def _flat_objectives(a: Tensor) -> Tensor:
@@ -127,7 +172,9 @@ def _flat_objectives(a: Tensor) -> Tensor:
 
 def _block_extrema(block: Tensor, mn: Tensor, mx: Tensor) -> None:
     """Min and max of ``block`` ``[n, cols]`` over dim 0, written into ``mn`` and ``mx``."""
-    if block.device.type != "cpu":
+    if block.device.type != "cpu" or block.shape[1] < _FOLD_MIN_COLS:
+        # Narrow blocks (the generic combiner on a small model): two reductions, not 2(n - 1)
+        # operations whose fixed cost dominates.
         torch.amin(block, 0, out=mn)
         torch.amax(block, 0, out=mx)
         return
@@ -175,19 +222,32 @@ def _s_star(a: Tensor, name: str, noon: bool = False) -> Tensor:
         return mn.clamp_min_(0) if noon else mn.clamp_min_(0).add_(mx.clamp_max_(0))
     flat = _flat_objectives(a)
     size = flat.shape[1]
-    out = torch.empty(size, dtype=a.dtype, device=a.device)
+    out = _fresh((size,), a.dtype, a.device)
     cols = _block_cols(flat, _S_STAR_BLOCK_COLS * flat.shape[0])
     mn_buf = torch.empty(min(cols, size), dtype=a.dtype, device=a.device)
     mx_buf = torch.empty_like(mn_buf)
+    two_rows = flat.shape[0] == 2 and a.device.type == "cpu"
     probes = []
     for start in range(0, size, cols):
         block = flat[:, start : start + cols]
         width = block.shape[1]
         mn, mx = mn_buf[:width], mx_buf[:width]
+        s = out[start : start + width]
+        if two_rows:
+            # n = 2: s* = median(a, b, 0) = clamp(a, min(b, 0), max(b, 0)), three passes over
+            # a column instead of five; the rows' dot product is the finiteness probe.
+            a0, a1 = block
+            probes.append(_probe(a0, a1))
+            if noon:
+                torch.minimum(a0, a1, out=s).clamp_min_(0)
+            else:
+                lo, hi = torch.clamp_max(a1, 0, out=mn), torch.clamp_min(a1, 0, out=mx)
+                torch.clamp(a0, lo, hi, out=s)
+            continue
         _block_extrema(block, mn, mx)
         probes.append(_probe(mn, mx))
         # relu(min) - relu(-max) = max(min, 0) + min(max, 0).
-        s = torch.clamp_min(mn, 0, out=out[start : start + width])
+        torch.clamp_min(mn, 0, out=s)
         if not noon:
             s.add_(mx.clamp_max_(0))
     _check_probes(probes, a, name)
@@ -198,65 +258,65 @@ def _closed_form(a: Tensor, name: str, noon: bool = False) -> tuple[Tensor, Tens
     """s* and the simplex weights attaining it (see :func:`pama_closed_form` for the choice)
     over dim 0 of ``a`` ``[n, *shape]``; with ``noon``, of the clipped input max(a, 0).
 
-    Per block of columns, in cache: the min and max, then one indicator per group (the
-    objectives at the min, at the max, at zero) written as 0/1 in the weight dtype, its count,
-    and the weights as indicator times the group's share over its count. Per element exactly
-    one group's term can be non-zero (the min and max groups are disjoint wherever both have a
-    share), so the sum of the three terms is that term exactly.
+    Per block of columns, in cache: the min and max, s*, then the group that s* names: the
+    objectives equal to s* (all > 0: those at the min; all < 0: at the max; some zero: the
+    zeros), written as 0/1 in the weight dtype, counted and scaled by one over the count. Only
+    where no objective equals s* (mixed strict signs, s* = 0 with no zero; never with
+    ``noon``) are the min and max groups needed: their indicators, counts and shares
+    (1 - lambda, lambda) are added for those columns alone, in blocks that have any. Every
+    weight is one exact term (a group's share over its count) plus exact zeros.
     """
     flat = _flat_objectives(a)
     n, size = flat.shape
     wd = _weight_dtype(a.dtype)
     tiny = torch.finfo(wd).tiny
-    s_out = torch.empty(size, dtype=a.dtype, device=a.device)
-    weights = torch.empty(n, size, dtype=wd, device=a.device)
-    cols = _block_cols(flat, _WEIGHTS_BLOCK_ELEMS)
+    s_out = _fresh((size,), a.dtype, a.device)
+    weights = _fresh((n, size), wd, a.device)
+    cols = min(_block_cols(flat, _WEIGHTS_BLOCK_ELEMS), _WEIGHTS_BLOCK_COLS)
     width0 = min(cols, size)
     # Every temporary of the loop lives in these buffers: a fresh block-sized tensor per
     # operation would cost an allocation (and, past malloc's mmap threshold, page faults).
-    ext = torch.empty(2, width0, dtype=a.dtype, device=a.device)
-    col = torch.empty(9, width0, dtype=wd, device=a.device)
-    at_max_buf = torch.empty(n, width0, dtype=wd, device=a.device)
-    at_zero_buf = torch.empty_like(at_max_buf)
-    clipped_buf = torch.empty(n, width0, dtype=a.dtype, device=a.device) if noon else None
+    ext = torch.empty(3, width0, dtype=a.dtype, device=a.device)
+    col = torch.empty(6, width0, dtype=wd, device=a.device)
+    at_buf = torch.empty(n, width0, dtype=wd, device=a.device)
     probes = []
     for start in range(0, size, cols):
         block = flat[:, start : start + cols]
         width = block.shape[1]
-        if clipped_buf is not None:
-            block = torch.clamp_min(block, 0, out=clipped_buf[:, :width])
-        mn, mx = ext[0, :width], ext[1, :width]
-        n_min, n_max, n_zero, all_pos, all_neg, has_zero, mixed, lam, c_min = col[:, :width]
+        mn, mx, mx_neg = ext[:, :width]
+        count, mixed, lam, c_min, c_max, n_ext = col[:, :width]
         _block_extrema(block, mn, mx)
-        probes.append(_probe(mn, mx))
-
-        at_min = torch.eq(block, mn, out=weights[:, start : start + width])
-        at_max = torch.eq(block, mx, out=at_max_buf[:, :width])
-        at_zero = torch.eq(block, 0, out=at_zero_buf[:, :width])
-        torch.sum(at_min, 0, out=n_min)
-        torch.sum(at_max, 0, out=n_max)
-        torch.sum(at_zero, 0, out=n_zero)
-        # Per element, the share of the min group, the max group and the zero group:
-        # all > 0: (1, 0, 0); all < 0: (0, 1, 0); some zero: (0, 0, 1); mixed strict signs:
-        # (1 - lambda, lambda, 0) with lambda * max + (1 - lambda) * min = 0. The cases are
-        # 0/1 in the weight dtype (exactly one of them is 1), so each share is a sum of exact
-        # terms; boolean masks and torch.where are several times slower here.
-        torch.gt(mn, 0, out=all_pos)
-        torch.lt(mx, 0, out=all_neg)
-        torch.gt(n_zero, 0, out=has_zero)
-        torch.sub(1, all_pos, out=mixed).sub_(all_neg).sub_(has_zero)
+        s = s_out[start : start + width]
+        w = weights[:, start : start + width]
+        if noon:
+            # The clipped block's min is max(min, 0), its max max(max, 0) (-inf clips to 0).
+            torch.clamp_min(mn, 0, out=s)
+            probes.append(_probe(s, mx.clamp_min_(0)))
+            # Clipped entries are >= s*, so "clipped == s*" is "raw <= s*" (all <= 0 clip to 0).
+            torch.le(block, s, out=w)
+        else:
+            probes.append(_probe(mn, mx))
+            # relu(min) - relu(-max) = max(min, 0) + min(max, 0).
+            torch.clamp_min(mn, 0, out=s).add_(torch.clamp_max(mx, 0, out=mx_neg))
+            torch.eq(block, s, out=w)
+        torch.sum(w, 0, out=count)
+        torch.eq(count, 0, out=mixed)
+        # One over the count of the group s* names; 0 / 1 where there is none (mixed).
+        w.div_(count.clamp_min_(1))
+        if noon or not bool(mixed.any()):
+            continue
+        # Mixed strict signs: lambda * max + (1 - lambda) * min = 0, lambda = -min / (max - min)
+        # in [0, 1]; (-x) / y and -(x / y) round alike. Each group uniform over its ties.
         mnf, mxf = mn.to(wd), mx.to(wd)
-        # lambda = -min / (max - min), in [0, 1]; (-x) / y and -(x / y) round alike.
         torch.sub(mxf, mnf, out=lam).clamp_min_(tiny)
         torch.div(mnf, lam, out=lam).neg_().clamp_(0, 1)
-        torch.sub(1, lam, out=c_min).mul_(mixed).add_(all_pos).div_(n_min)
-        c_max = lam.mul_(mixed).add_(all_neg).div_(n_max)
-        c_zero = has_zero.div_(n_zero.clamp_min_(1))
-        at_min.mul_(c_min)
-        at_min.addcmul_(at_max, c_max)
-        at_min.addcmul_(at_zero, c_zero)
-        # relu(min) - relu(-max) = max(min, 0) + min(max, 0).
-        torch.clamp_min(mn, 0, out=s_out[start : start + width]).add_(mx.clamp_max_(0))
+        at = at_buf[:, :width]
+        torch.eq(block, mn, out=at)
+        torch.sub(1, lam, out=c_min).div_(torch.sum(at, 0, out=n_ext)).mul_(mixed)
+        w.addcmul_(at, c_min)
+        torch.eq(block, mx, out=at)
+        torch.div(lam, torch.sum(at, 0, out=n_ext), out=c_max).mul_(mixed)
+        w.addcmul_(at, c_max)
     _check_probes(probes, a, name)
     return s_out.reshape(a.shape[1:]), weights.reshape(a.shape)
 

@@ -369,6 +369,7 @@ def small_blocks():
         mock.patch.object(functional, "_S_STAR_BLOCK_COLS", 7),
         mock.patch.object(functional, "_WEIGHTS_BLOCK_ELEMS", 40),
         mock.patch.object(functional, "_S_STAR_WHOLE_BELOW", 0),  # the blocked path always
+        mock.patch.object(functional, "_FOLD_MIN_COLS", 0),  # the fold, not amin/amax
     ):
         yield
 
@@ -395,6 +396,16 @@ def test_blocked_closed_form_is_the_formula_to_the_bit(a: torch.Tensor) -> None:
         assert_same_bits(s_only, expected.unsqueeze(-1))
         assert_same_bits(s_w, s_clip.unsqueeze(-1))
         assert_same_bits(w, w_clip.unsqueeze(-1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(objective_matrices())
+def test_blocked_two_objectives_to_the_bit(a: torch.Tensor) -> None:
+    # n = 2 has its own s* path (the median of a, b and 0): the same checks on the first two
+    # objectives of each example (duplicated where there is one).
+    test_blocked_closed_form_is_the_formula_to_the_bit.hypothesis.inner_test(
+        a[:2] if a.shape[0] >= 2 else a.expand(2, -1).clone()
+    )
 
 
 @settings(max_examples=40, deadline=None)
