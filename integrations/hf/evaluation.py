@@ -121,7 +121,6 @@ def check_eval_setup(config: Any, eval_prompts: Sequence[Prompt] | None, n_objec
             raise ValueError(f"MOPPOConfig.eval_reference_point[{i}] must be finite, got {v!r}")
 
 
-@torch.no_grad()
 @dataclass
 class Generation:
     """What answering prompts needs: the policy, its tokenizer, a ``GenerationConfig``
@@ -138,6 +137,7 @@ class Generation:
     max_prompt_length: int | None = None
     accelerator: Any = None
 
+    @torch.no_grad()
     def seen_and_responses(self, prompts: Sequence[Prompt]) -> tuple[list[str], list[str]]:
         """The prompts as the policy saw them (rendered, cut to ``max_prompt_length``:
         ``Rollout.prompts``) and its responses, in batches of ``batch_size``;
