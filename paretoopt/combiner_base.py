@@ -5,6 +5,7 @@ the gradient helpers the gradient-based combiners use (:mod:`.combiners`, :mod:`
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -117,10 +118,9 @@ def _batched_grads(losses: list[Tensor], target: Tensor) -> Tensor | None:
     # torch.func.vmap batches the backward formulas that the legacy vmap behind
     # is_grads_batched runs one example at a time (where, masked_fill_: minimum's and clamp's
     # backward, i.e. every PPO loss): 25% less time for the n gradients at n = 32.
-    try:
+    # Where torch.func cannot run the graph, the legacy batched backward below still can.
+    with contextlib.suppress(RuntimeError, NotImplementedError, ValueError, TypeError):
         return torch.func.vmap(vjp)(eye)
-    except (RuntimeError, NotImplementedError, ValueError, TypeError):
-        pass
     (g,) = torch.autograd.grad(
         stacked_losses,
         target,

@@ -107,37 +107,18 @@ def build_parser(demo: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-#: Fewer reported seeds per method than this leave the paired statistics undefined.
-MIN_SEEDS = 2
-
-
 def configure(args: argparse.Namespace) -> Any:
     """The study's configuration from the command line; a bad value exits naming it, before
     any artefact is loaded or any run starts."""
-    from .protocol import METHOD_LABELS, preset
+    from .protocol import METHOD_LABELS, check_min_seeds, parse_seeds, preset
 
     config = preset("tiny" if args.tiny else "quick" if args.quick else "full")
     if args.task:
         config = replace(config, tasks=(args.task,))
     if args.seeds is not None:
-        seeds = dict(config.seeds)
-        for part in args.seeds.split(","):
-            name, _, n = part.rpartition("=")
-            for t in [name] if name else list(seeds):
-                if t not in seeds:
-                    raise SystemExit(f"--seeds: unknown task {t!r}; tasks: {sorted(seeds)}")
-                try:
-                    seeds[t] = int(n)
-                except ValueError:
-                    raise SystemExit(f"--seeds: {n!r} is not a number (in {part!r})") from None
-        config = replace(config, seeds=seeds)
+        config = replace(config, seeds=parse_seeds(args.seeds, config.seeds))
     if not args.tune_only:
-        few = {t: config.seeds[t] for t in config.tasks if config.seeds[t] < MIN_SEEDS}
-        for t, n in few.items():
-            raise SystemExit(
-                f"--seeds: task {t} has {n} seed{'s' if n != 1 else ''}; the paired statistics "
-                f"(Wilcoxon tests, bootstrap intervals) need at least {MIN_SEEDS} per method"
-            )
+        check_min_seeds(config.seeds, config.tasks)
     if args.steps is not None:
         s = args.steps
         config = replace(

@@ -13,7 +13,6 @@ methods and the tuning seeds of the per-response hypervolume at the last tuning 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shlex
@@ -41,10 +40,10 @@ from .grpo_engine import (
     run_grpo_job,
     with_grpo_hparams,
 )
-from .protocol import TUNING_SEED_OFFSET
+from .protocol import TUNING_SEED_OFFSET, check_min_seeds, parse_seeds
+from .tuning import best_index, grid_settings
 
 #: Fewer reported seeds per method than this leave the paired statistics undefined.
-MIN_SEEDS = 2
 CRITERION = (
     "mean over the four methods and the tuning seeds of the per-response hypervolume at the "
     "last tuning step, on training prompts"
@@ -58,25 +57,9 @@ def configure_grpo(args: argparse.Namespace) -> GRPOStudyConfig:
     if args.task:
         config = replace(config, tasks=(args.task,))
     if args.seeds is not None:
-        seeds = dict(config.seeds)
-        for part in args.seeds.split(","):
-            name, _, n = part.rpartition("=")
-            for t in [name] if name else list(seeds):
-                if t not in seeds:
-                    raise SystemExit(f"--seeds: unknown task {t!r}; tasks: {sorted(seeds)}")
-                try:
-                    seeds[t] = int(n)
-                except ValueError:
-                    raise SystemExit(f"--seeds: {n!r} is not a number (in {part!r})") from None
-        config = replace(config, seeds=seeds)
+        config = replace(config, seeds=parse_seeds(args.seeds, config.seeds))
     if not args.tune_only:
-        for t in config.tasks:
-            if config.seeds[t] < MIN_SEEDS:
-                raise SystemExit(
-                    f"--seeds: task {t} has {config.seeds[t]} seed"
-                    f"{'s' if config.seeds[t] != 1 else ''}; the paired statistics (Wilcoxon "
-                    f"tests, bootstrap intervals) need at least {MIN_SEEDS} per method"
-                )
+        check_min_seeds(config.seeds, config.tasks)
     if args.steps is not None:
         s = args.steps
         if s < 1:
@@ -107,19 +90,6 @@ def configure_grpo(args: argparse.Namespace) -> GRPOStudyConfig:
 # ---------------------------------------------------------------------------- tuning
 
 
-def grid_settings(grid: dict[str, Sequence[Any]] | None = None) -> list[GRPOHparams]:
-    grid = grid or GRPO_GRID
-    keys = list(grid)
-    return [
-        GRPOHparams(**dict(zip(keys, values, strict=True)))
-        for values in itertools.product(*(grid[k] for k in keys))
-    ]
-
-
-def _best(scores: Sequence[float]) -> int:
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
-
-
 def _run_jobs(jobs, config, raw_dir, cache_dir, progress, desc):
     return runner.run_jobs(
         jobs,
@@ -144,7 +114,7 @@ def tune_task(
     """The grid on ``task``'s tuning seeds for the study's methods: the table, the shared
     choice (best on the method-blind criterion) and each method's own best."""
     methods = list(config.methods)
-    settings = grid_settings(grid)
+    settings = grid_settings(grid or GRPO_GRID, GRPOHparams)
     jobs = [
         {
             "task": task,
@@ -185,8 +155,8 @@ def tune_task(
                 },
             }
         )
-    best = _best([row["score"] for row in table])
-    own = {m: _best([row["per_method"][m] for row in table]) for m in methods}
+    best = best_index([row["score"] for row in table])
+    own = {m: best_index([row["per_method"][m] for row in table]) for m in methods}
     keys = list(asdict(settings[0]))
     return {
         "criterion": CRITERION,

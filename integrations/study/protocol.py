@@ -358,3 +358,34 @@ def with_hparams(config: StudyConfig, chosen: dict[str, Any], task: str | None =
     if task is None:
         return replace(config, hparams=hp, task_hparams={t: hp for t in config.task_hparams})
     return replace(config, task_hparams={**config.task_hparams, task: hp})
+
+
+#: Fewer reported seeds per method than this leave the paired statistics undefined.
+MIN_SEEDS = 2
+
+
+def parse_seeds(text: str, seeds: dict[str, int]) -> dict[str, int]:
+    """``--seeds``: ``N`` for every task or ``task=N,task=N``, over the preset's ``seeds``;
+    a bad value exits naming it."""
+    seeds = dict(seeds)
+    for part in text.split(","):
+        name, _, n = part.rpartition("=")
+        for t in [name] if name else list(seeds):
+            if t not in seeds:
+                raise SystemExit(f"--seeds: unknown task {t!r}; tasks: {sorted(seeds)}")
+            try:
+                seeds[t] = int(n)
+            except ValueError:
+                raise SystemExit(f"--seeds: {n!r} is not a number (in {part!r})") from None
+    return seeds
+
+
+def check_min_seeds(seeds: dict[str, int], tasks: Sequence[str]) -> None:
+    """Exit naming the first of ``tasks`` with fewer than :data:`MIN_SEEDS` seeds."""
+    for t in tasks:
+        n = seeds[t]
+        if n < MIN_SEEDS:
+            raise SystemExit(
+                f"--seeds: task {t} has {n} seed{'s' if n != 1 else ''}; the paired statistics "
+                f"(Wilcoxon tests, bootstrap intervals) need at least {MIN_SEEDS} per method"
+            )

@@ -47,16 +47,19 @@ CRITERION = (
 )
 
 
-def grid_settings(grid: dict[str, Sequence[Any]] | None = None) -> list[Hparams]:
+def grid_settings(grid: dict[str, Sequence[Any]] | None = None, cls: type = Hparams) -> list[Any]:
+    """Every setting of ``grid`` (full factorial, in order), each a ``cls`` (the PPO
+    :class:`Hparams` unless another engine's settings class is given)."""
     grid = grid or TUNING_GRID
     keys = list(grid)
     return [
-        Hparams(**dict(zip(keys, values, strict=True)))
+        cls(**dict(zip(keys, values, strict=True)))
         for values in itertools.product(*(grid[k] for k in keys))
     ]
 
 
-def _best(scores: Sequence[float]) -> int:
+def best_index(scores: Sequence[float]) -> int:
+    """The index of the best score, ties toward the earlier setting."""
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
@@ -114,8 +117,8 @@ def tune(
             per_method[m] = float(np.mean(vals))
         score = float(np.mean([per_method[m] for m in scored]))
         table.append({**asdict(hp), "score": score, "per_method": per_method})
-    best = _best([row["score"] for row in table])
-    own = {m: _best([row["per_method"][m] for row in table]) for m in methods}
+    best = best_index([row["score"] for row in table])
+    own = {m: best_index([row["per_method"][m] for row in table]) for m in methods}
     keys = list(asdict(settings[0]))
     return {
         "criterion": CRITERION,
