@@ -24,6 +24,8 @@ from .report import (
     front_table,
     matched_kl_table,
     methods_table,
+    plot_front,
+    plot_reward_kl,
 )
 
 GRPO_COLORS = {
@@ -273,74 +275,6 @@ def grpo_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
-    plt = _pyplot()
-    objs = t["objectives"]
-    pairs = [(0, 1)] if len(objs) == 2 else [(0, 1), (0, 2), (1, 2)]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.4), squeeze=False)
-    for ax, (i, j) in zip(axes[0], pairs, strict=True):
-        oi, oj = objs[i], objs[j]
-        style = "s--" if len(objs) == 2 else "s"
-        ax.plot(
-            [p[oi] for p in t["morlhf_front"]],
-            [p[oj] for p in t["morlhf_front"]],
-            style,
-            color=GRPO_COLORS["grpo_sum"],
-            alpha=0.5,
-            label="sum_then_normalize sweep",
-        )
-        ax.plot(t["sft"][oi], t["sft"][oj], "o", color=GRPO_COLORS["sft"], label="SFT")
-        for m, e in t["methods"].items():
-            mx, my = e["mean"][oi], e["mean"][oj]
-            cx, cy = e["ci95"][oi], e["ci95"][oj]
-            color = GRPO_COLORS.get(m, "k")
-            ax.errorbar(
-                mx,
-                my,
-                xerr=[[mx - cx[0]], [cx[1] - mx]],
-                yerr=[[my - cy[0]], [cy[1] - my]],
-                fmt="o",
-                color=color,
-                capsize=3,
-                label=_label(m),
-            )
-            ax.scatter(
-                [p[oi] for p in e["per_seed"]],
-                [p[oj] for p in e["per_seed"]],
-                s=6,
-                color=color,
-                alpha=0.25,
-            )
-        ax.set_xlabel(f"{oi} ↑")
-        ax.set_ylabel(f"{oj} ↑")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    _save(plt, fig, path)
-
-
-def plot_reward_kl(t: Mapping[str, Any], path: Path, title: str) -> None:
-    plt = _pyplot()
-    objs = t["objectives"]
-    fig, axes = plt.subplots(1, len(objs), figsize=(4.6 * len(objs), 3.8), squeeze=False)
-    for ax, o in zip(axes[0], objs, strict=True):
-        for m, e in t["methods"].items():
-            ax.plot(
-                e["kl_path"],
-                e["reward_path"][o],
-                "o-",
-                color=GRPO_COLORS.get(m, "k"),
-                label=_label(m),
-            )
-        ax.axvline(t["matched_kl"]["kl"], color="k", lw=0.8, ls=":")
-        ax.set_xlabel("KL to the SFT policy (per response)")
-        ax.set_ylabel(f"{o} ↑")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    _save(plt, fig, path)
-
-
 def plot_zero_rate(t: Mapping[str, Any], path: Path, title: str) -> None:
     """Left: PAMA's zero rate over training (main runs). Right: against num_generations."""
     plt = _pyplot()
@@ -399,6 +333,20 @@ def write_grpo_report(results: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "grpo.md").write_text(grpo_markdown(results))
     for name, t in results["tasks"].items():
-        plot_front(t, out / f"grpo_{name}_front.png", f"{name} (GRPO): held-out means, 95% CIs")
-        plot_reward_kl(t, out / f"grpo_{name}_reward_kl.png", f"{name} (GRPO): reward vs KL")
+        plot_front(
+            t,
+            out / f"grpo_{name}_front.png",
+            f"{name} (GRPO): held-out means, 95% CIs",
+            GRPO_COLORS,
+            GRPO_LABELS,
+            ("grpo_sum", "sum_then_normalize sweep"),
+        )
+        plot_reward_kl(
+            t,
+            out / f"grpo_{name}_reward_kl.png",
+            f"{name} (GRPO): reward vs KL",
+            GRPO_COLORS,
+            GRPO_LABELS,
+            "the SFT policy",
+        )
         plot_zero_rate(t, out / f"grpo_{name}_zero_rate.png", f"{name} (GRPO): PAMA's zero rate")

@@ -327,7 +327,16 @@ def _save(plt: Any, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
+def plot_front(
+    t: Mapping[str, Any],
+    path: Path,
+    title: str,
+    colors: Mapping[str, str] = COLORS,
+    labels: Mapping[str, str] = METHOD_LABELS,
+    front: tuple[str, str] = ("morlhf", "MORLHF weight sweep"),
+) -> None:
+    """Each method's mean point (95% CIs) and seeds against the weight sweep ``front`` (the
+    sweep's method key, for its colour, and its legend label)."""
     plt = _pyplot()
     objs = t["objectives"]
     pairs = [(0, 1)] if len(objs) == 2 else [(0, 1), (0, 2), (1, 2)]
@@ -338,8 +347,8 @@ def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
         fy = [p[oj] for p in t["morlhf_front"]]
         # Joined in weight order on 2 objectives; on 3 a projection of a 2-D grid: points only.
         style = "s--" if len(objs) == 2 else "s"
-        ax.plot(fx, fy, style, color=COLORS["morlhf"], alpha=0.5, label="MORLHF weight sweep")
-        ax.plot(t["sft"][oi], t["sft"][oj], "o", color=COLORS["sft"], label="SFT")
+        ax.plot(fx, fy, style, color=colors[front[0]], alpha=0.5, label=front[1])
+        ax.plot(t["sft"][oi], t["sft"][oj], "o", color=colors["sft"], label="SFT")
         for m, e in t["methods"].items():
             mx, my = e["mean"][oi], e["mean"][oj]
             cx, cy = e["ci95"][oi], e["ci95"][oj]
@@ -349,15 +358,15 @@ def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
                 xerr=[[mx - cx[0]], [cx[1] - mx]],
                 yerr=[[my - cy[0]], [cy[1] - my]],
                 fmt="o",
-                color=COLORS.get(m, "k"),
+                color=colors.get(m, "k"),
                 capsize=3,
-                label=METHOD_LABELS.get(m, m),
+                label=labels.get(m, m),
             )
             ax.scatter(
                 [p[oi] for p in e["per_seed"]],
                 [p[oj] for p in e["per_seed"]],
                 s=6,
-                color=COLORS.get(m, "k"),
+                color=colors.get(m, "k"),
                 alpha=0.25,
             )
         ax.set_xlabel(f"{oi} ↑")
@@ -368,7 +377,14 @@ def plot_front(t: Mapping[str, Any], path: Path, title: str) -> None:
     _save(plt, fig, path)
 
 
-def plot_reward_kl(t: Mapping[str, Any], path: Path, title: str) -> None:
+def plot_reward_kl(
+    t: Mapping[str, Any],
+    path: Path,
+    title: str,
+    colors: Mapping[str, str] = COLORS,
+    labels: Mapping[str, str] = METHOD_LABELS,
+    kl_to: str = "the reference",
+) -> None:
     plt = _pyplot()
     objs = t["objectives"]
     fig, axes = plt.subplots(1, len(objs), figsize=(4.6 * len(objs), 3.8), squeeze=False)
@@ -378,11 +394,11 @@ def plot_reward_kl(t: Mapping[str, Any], path: Path, title: str) -> None:
                 e["kl_path"],
                 e["reward_path"][o],
                 "o-",
-                color=COLORS.get(m, "k"),
-                label=METHOD_LABELS.get(m, m),
+                color=colors.get(m, "k"),
+                label=labels.get(m, m),
             )
         ax.axvline(t["matched_kl"]["kl"], color="k", lw=0.8, ls=":")
-        ax.set_xlabel("KL to the reference (per response)")
+        ax.set_xlabel(f"KL to {kl_to} (per response)")
         ax.set_ylabel(f"{o} ↑")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
