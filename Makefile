@@ -18,7 +18,7 @@ EXTRAS := hf,trl,bench,zoo,dev
 LOCK := requirements/lock.txt
 VERL_LOCK := requirements/lock-verl.txt
 PIP_VERSION ?= 26.3
-TEST_ARGS := -n 2 -m "not slow"
+TEST_ARGS := -n 2 --dist loadgroup -m "not slow"
 
 .PHONY: install test test-all test-latest test-verl lock lock-main lock-verl wheel-check demo bench bench-quick \
 	lint format clean
@@ -100,7 +100,7 @@ test-verl: $(VERL_STAMP)
 	$(VERL_PY) -m pytest -p no:asyncio tests/test_verl_*.py $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The built wheel in a fresh virtual environment outside the checkout: example, bench --quick,
 # the integrations' imports (.ci/wheel_check.sh).

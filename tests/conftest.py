@@ -45,3 +45,15 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 policy and its word-level tokenizer saved to disk (:mod:`hf_fixtures`),
     built once per session (per worker): tests load it by path and never write into it."""
     return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+#: Test modules that start several processes (gloo rendezvous on a free port, a process
+#: group's teardown): run on one xdist worker, one after another (``--dist loadgroup``),
+#: since two such modules at once on the same host can abort a rendezvous or a teardown.
+MULTI_PROCESS_MODULES = ("test_distributed_", "test_hf_multi_objective_ddp")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith(MULTI_PROCESS_MODULES):
+            item.add_marker(pytest.mark.xdist_group("processes"))
