@@ -35,6 +35,9 @@ phase "fresh venv with torch $TORCH_VERSION"
 "$VPY" -m pip install -q --no-compile "${PIP_FLAGS[@]}" "$WHEEL[hf,trl,bench,zoo]"
 phase "installed the wheel with [hf,trl,bench,zoo]"
 
+# The C kernel compiled from the installed source, into a cache of its own.
+export PARETOOPT_CACHE_DIR="$TMP/cache"
+
 # Outside the checkout, with nothing of it on the path.
 mkdir "$TMP/user" && cd "$TMP/user"
 unset PYTHONPATH
@@ -53,6 +56,12 @@ venv = Path(sys.argv[1]).resolve()
 assert venv in Path(paretoopt.__file__).resolve().parents, paretoopt.__file__
 assert importlib.util.find_spec("integrations") is None, "a top-level 'integrations' is installed"
 print("wheel-check: imports from", Path(paretoopt.__file__).parent)
+
+# The closed form's C kernel builds from the installed source (this machine has a compiler).
+from paretoopt import _native
+
+assert _native.status().startswith("compiled kernel"), _native.status()
+print("wheel-check: closed form:", _native.status())
 
 # The torchjd zoo from the installed extra: a name builds and combines two losses.
 import torch

@@ -4,64 +4,62 @@ Run from the repository root (one intra-op thread, as the suites)::
 
     OMP_NUM_THREADS=1 python bench/closed_form_passes.py
 
-Part 1: s* (``pama_advantages``, ``noon=False``), s* with the weights (``pama_closed_form``,
-no clipping; and ``pama_advantages(..., return_weights=True)``, Noon clipping, the RL caller's
-path) over an n x N float32 input, against a copy of that input into a
-preallocated buffer, and the whole-tensor formulas (``amin``/``amax``, three tie masks) in the
-same interleaved rounds. Part 2: the full training update of the suite ``full_step``
-(gpt2-100k) with the generic PAMA combiner, its n gradients batched or one backward each, as
-ratios to the linear update. docs/benchmarks.md quotes both.
+Part 1: s* (``pama_advantages``, ``noon=False``: into a fresh result, and into a caller's
+``out=``), s* with the weights (``pama_closed_form``, no clipping; and
+``pama_advantages(..., return_weights=True)``, Noon clipping, the RL caller's path) over an
+n x N float32 input, against a copy of that input into a preallocated buffer, each by the
+compiled kernel (paretoopt/_closed_form.c, where it loads) and by the torch formulas
+(``PARETOOPT_NATIVE=0``'s path), in the same interleaved rounds. Part 2: the full training
+update of the suite ``full_step`` (gpt2-100k) with the generic PAMA combiner, its n gradients
+batched or one backward each, as ratios to the linear update. docs/benchmarks.md quotes both.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from unittest import mock
 
 import torch
 from paretoopt.integrations.bench.full_step import StepBench
 from paretoopt.integrations.bench.lib import run_interleaved
 
-from paretoopt import PAMA, pama_advantages, pama_closed_form
+from paretoopt import PAMA, _native, pama_advantages, pama_closed_form
 
 
-def whole_tensor_s_star(a: torch.Tensor) -> torch.Tensor:
-    mn, mx = a.amin(0), a.amax(0)
-    torch.dot(mn, mx)  # the finiteness probe
-    return mn.clamp_min_(0).add_(mx.clamp_max_(0))
+def torch_formulas(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the compiled kernel switched off (the torch formulas' path)."""
 
+    def run() -> object:
+        with mock.patch.object(_native, "kernels", lambda: None):
+            return fn()
 
-def whole_tensor_weights(a: torch.Tensor) -> torch.Tensor:
-    mn, mx = a.amin(0), a.amax(0)
-    is_min, is_max, is_zero = (a == mn).float(), (a == mx).float(), (a == 0).float()
-    n_min, n_max, n_zero = is_min.sum(0), is_max.sum(0), is_zero.sum(0)
-    all_pos, all_neg, has_zero = mn > 0, mx < 0, n_zero > 0
-    lam = (-mn / (mx - mn).clamp_min(torch.finfo(torch.float32).tiny)).clamp(0, 1)
-    mixed = ~(all_pos | all_neg | has_zero)
-    share_min = torch.where(all_pos, 1.0, torch.where(mixed, 1 - lam, 0.0))
-    share_max = torch.where(all_neg, 1.0, torch.where(mixed, lam, 0.0))
-    w = is_min * (share_min / n_min)
-    w += is_max * (share_max / n_max)
-    w += is_zero * (has_zero.float() / n_zero.clamp_min(1))
-    return w
+    return run
 
 
 def weight_selection_case(n: int, size: int) -> str:
     a = torch.randn(n, size, generator=torch.Generator().manual_seed(n))
     dst = torch.empty_like(a)
+    out = torch.empty(size)
     variants = {
         "copy": lambda: dst.copy_(a),
         "s_star": lambda: pama_advantages(a, noon=False),
-        "s_star_was": lambda: whole_tensor_s_star(a),
+        "s_star_out": lambda: pama_advantages(a, noon=False, out=out),
+        "s_star_torch": torch_formulas(lambda: pama_advantages(a, noon=False)),
     }
     if n * size <= 8 * 10**7:
         variants["weights"] = lambda: pama_closed_form(a)
         variants["weights_noon"] = lambda: pama_advantages(a, return_weights=True)
-    if n * size <= 2 * 10**7:
-        variants["weights_was"] = lambda: whole_tensor_weights(a)
+        variants["weights_torch"] = torch_formulas(lambda: pama_closed_form(a))
+        variants["weights_noon_torch"] = torch_formulas(
+            lambda: pama_advantages(a, return_weights=True)
+        )
     r = run_interleaved(variants, 5, baseline="copy", target_s=3.0)["ratio"]
     nan = float("nan")
     return (
-        f"n={n} N={size:.0e}: s* {r['s_star']:.2f}x (was {r['s_star_was']:.2f}x), "
-        f"s* + weights {r.get('weights', nan):.2f}x (was {r.get('weights_was', nan):.2f}x), "
-        f"Noon s* + weights {r.get('weights_noon', nan):.2f}x"
+        f"n={n} N={size:.0e}: s* {r['s_star']:.2f}x, into out= {r['s_star_out']:.2f}x "
+        f"(torch {r['s_star_torch']:.2f}x); s* + weights {r.get('weights', nan):.2f}x "
+        f"(torch {r.get('weights_torch', nan):.2f}x); Noon s* + weights "
+        f"{r.get('weights_noon', nan):.2f}x (torch {r.get('weights_noon_torch', nan):.2f}x)"
     )
 
 
@@ -87,6 +85,7 @@ def generic_combiner_case(n: int) -> str:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    print(f"closed form on the CPU: {_native.status()}")
     print("n x N float32 input: time / copy of the input (same rounds)")
     for size in (10**6, 10**7):
         for n in (2, 4, 8, 16, 64):

@@ -67,8 +67,16 @@ def stack_objectives(values: Tensor | Sequence[Tensor], name: str, check: bool =
     return stacked
 
 
+class LossList(list):
+    """The checked losses; ``stacked`` is the 1-D tensor they were given as, if they were
+    (a batched backward then starts from it, not from a stack of its elements)."""
+
+    stacked: Tensor | None = None
+
+
 def check_losses(losses: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """Validate n scalar losses that require grad; return them as a list."""
+    """Validate n scalar losses that require grad; return them as a list (a
+    :class:`LossList`)."""
     if isinstance(losses, Tensor):
         if losses.dim() != 1:
             raise ValueError(
@@ -109,4 +117,7 @@ def check_losses(losses: Tensor | Sequence[Tensor]) -> list[Tensor]:
                 f"loss of objective {i} does not require grad: it is not connected to any "
                 "trainable tensor"
             )
-    return [loss if loss.dim() == 0 else loss.reshape(()) for loss in items]
+    checked = LossList(loss if loss.dim() == 0 else loss.reshape(()) for loss in items)
+    if isinstance(losses, Tensor):
+        checked.stacked = losses
+    return checked

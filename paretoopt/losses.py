@@ -44,6 +44,22 @@ def _clipped_objective(u: Tensor, adv: Tensor, cliprange: float) -> Tensor:
     return torch.minimum(u * adv, torch.clamp(u, 1 - cliprange, 1 + cliprange) * adv)
 
 
+def _clipped_objectives(u: Tensor, adv: Tensor, cliprange: float, nonnegative: bool) -> Tensor:
+    """``_clipped_objective`` of one ratio ``u [B, T]`` and n advantages ``[n, B, T]``.
+
+    min(u A, c A) with c = clip(u) is A min(u, c) where A >= 0 and A max(u, c) where A < 0,
+    to the bit: rounding is monotone, so multiplying by A keeps (A >= 0) or swaps (A < 0) the
+    order. The min and max then run, forward and backward, on u's shape rather than n times
+    over, and a batched backward of the n losses (the n gradients that PAMA, MGDA-UB and the
+    zoo take w.r.t. u) walks [B, T] where/clamp nodes instead of [n, B, T] ones.
+    """
+    c = torch.clamp(u, 1 - cliprange, 1 + cliprange)
+    low = torch.minimum(u, c)
+    if nonnegative:  # Noon-clipped advantages
+        return adv * low
+    return adv.clamp_min(0) * low + adv.clamp_max(0) * torch.maximum(u, c)
+
+
 def _masked_token_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     """Mean over the trailing (token) dimensions, counting only valid tokens."""
     if mask is None:
@@ -126,7 +142,7 @@ def ppo_losses_from_ratio(
     adv = adv.detach().to(u.dtype)
     if noon:
         adv = noon_clip(adv)
-    return -_masked_token_mean(_clipped_objective(u.unsqueeze(0), adv, cliprange), mask)
+    return -_masked_token_mean(_clipped_objectives(u, adv, cliprange, nonnegative=noon), mask)
 
 
 def pama_ppo_loss(

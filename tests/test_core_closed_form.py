@@ -13,7 +13,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-import paretoopt.functional as functional
+import paretoopt._closed_form as cf_impl
+import paretoopt._native as native
 from paretoopt import noon_clip, pama_advantages, pama_closed_form, pama_stats
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -362,23 +363,54 @@ def objective_matrices(draw):
     return a
 
 
+# Both CPU paths: the torch formulas and the compiled kernel (paretoopt/_closed_form.c).
+PATHS = ["torch", "kernel"]
+
+
+@pytest.fixture(params=PATHS, scope="module")
+def path(request: pytest.FixtureRequest) -> str:
+    if request.param == "kernel" and native.kernels() is None:
+        if native._compiler() is not None:
+            pytest.fail(f"a C compiler is present but the kernel did not load: {native.status()}")
+        pytest.skip(f"no compiled kernel here: {native.status()}")
+    return request.param
+
+
 @contextlib.contextmanager
-def small_blocks():
-    # Blocks of a few columns, so that the examples span many blocks and a ragged last one.
-    with (
-        mock.patch.object(functional, "_S_STAR_BLOCK_COLS", 7),
-        mock.patch.object(functional, "_WEIGHTS_BLOCK_ELEMS", 40),
-        mock.patch.object(functional, "_S_STAR_WHOLE_BELOW", 0),  # the blocked path always
-        mock.patch.object(functional, "_FOLD_MIN_COLS", 0),  # the fold, not amin/amax
-    ):
-        yield
+def small_blocks(path: str):
+    # Blocks of a few columns, so that the examples span many blocks and a ragged last one;
+    # the kernel's calls split over two threads.
+    patches = [
+        mock.patch.object(cf_impl, "_S_STAR_BLOCK_COLS", 7),
+        mock.patch.object(cf_impl, "_WEIGHTS_BLOCK_ELEMS", 40),
+        mock.patch.object(cf_impl, "_S_STAR_WHOLE_BELOW", 0),  # the blocked path always
+        mock.patch.object(cf_impl, "_FOLD_MIN_COLS", 0),  # the fold, not amin/amax
+    ]
+    if path == "torch":
+        patches.append(mock.patch.object(native, "kernels", lambda: None))
+    else:
+        patches += [
+            mock.patch.object(cf_impl, "_NATIVE_S_STAR_BYTES_FEW", 28),  # 7 or 3 columns
+            mock.patch.object(cf_impl, "_NATIVE_S_STAR_BYTES_MANY", 44),
+            mock.patch.object(cf_impl, "_NATIVE_WEIGHTS_ROW_BYTES", 20),  # 5 or 2
+            mock.patch.object(native, "PARALLEL_MIN_ELEMS", 0),
+        ]
+    threads = torch.get_num_threads()
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        torch.set_num_threads(2)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 @settings(max_examples=200, deadline=None)
-@given(objective_matrices())
-def test_blocked_closed_form_is_the_formula_to_the_bit(a: torch.Tensor) -> None:
+@given(a=objective_matrices())
+def test_blocked_closed_form_is_the_formula_to_the_bit(path: str, a: torch.Tensor) -> None:
     s_ref, w_ref = reference_closed_form(a)
-    with small_blocks():
+    with small_blocks(path):
         s_star, weights = pama_closed_form(a)
         blocked = [
             (
@@ -399,22 +431,22 @@ def test_blocked_closed_form_is_the_formula_to_the_bit(a: torch.Tensor) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(objective_matrices())
-def test_blocked_two_objectives_to_the_bit(a: torch.Tensor) -> None:
+@given(a=objective_matrices())
+def test_blocked_two_objectives_to_the_bit(path: str, a: torch.Tensor) -> None:
     # n = 2 has its own s* path (the median of a, b and 0): the same checks on the first two
     # objectives of each example (duplicated where there is one).
     test_blocked_closed_form_is_the_formula_to_the_bit.hypothesis.inner_test(
-        a[:2] if a.shape[0] >= 2 else a.expand(2, -1).clone()
+        path, a[:2] if a.shape[0] >= 2 else a.expand(2, -1).clone()
     )
 
 
 @settings(max_examples=40, deadline=None)
-@given(objective_matrices(), st.integers(0, 2))
-def test_blocked_closed_form_any_layout(a: torch.Tensor, dim: int) -> None:
+@given(a=objective_matrices(), dim=st.integers(0, 2))
+def test_blocked_closed_form_any_layout(path: str, a: torch.Tensor, dim: int) -> None:
     # Objectives along any dimension of a 3-d tensor (rows that are not contiguous).
     n, size = a.shape
     x = a.reshape(n, size, 1).expand(n, size, 2).movedim(0, dim)
-    with small_blocks():
+    with small_blocks(path):
         s_star, weights = pama_closed_form(x, dim=dim)
     s_ref, w_ref = reference_closed_form(a)
     assert_same_bits(s_star, s_ref.unsqueeze(-1).expand(size, 2))
@@ -425,9 +457,9 @@ def test_blocked_closed_form_any_layout(a: torch.Tensor, dim: int) -> None:
 @pytest.mark.parametrize("return_weights", [False, True])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_in_any_block_names_the_objective(
-    noon: bool, return_weights: bool, bad: float
+    path: str, noon: bool, return_weights: bool, bad: float
 ) -> None:
-    with small_blocks():
+    with small_blocks(path):
         _check_non_finite_blocks(noon, return_weights, bad)
 
 
@@ -446,3 +478,44 @@ def _check_non_finite_blocks(noon: bool, return_weights: bool, bad: float) -> No
                 pama_advantages(adv, noon=noon, return_weights=return_weights)
         with pytest.raises(ValueError, match="coefs for objective 1 contains non-finite"):
             pama_closed_form(adv)
+
+
+# ---------------------------------------------------------------------------
+# pama_advantages(..., out=): the caller's tensor receives s*
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("granularity", ["token", "sample", "batch"])
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_out_receives_exactly_the_fresh_result(
+    path: str, granularity: str, return_weights: bool
+) -> None:
+    gen = torch.Generator().manual_seed(3)
+    adv = torch.randn(3, 4, 50, generator=gen)
+    mask = torch.rand(4, 50, generator=gen) > 0.2
+    for layout in ("contiguous", "transposed"):
+        with small_blocks(path):
+            fresh = pama_advantages(adv, mask, granularity, return_weights=return_weights)
+            out = torch.full((4, 50), 7.0) if layout == "contiguous" else torch.full((50, 4), 7.0).T
+            got = pama_advantages(adv, mask, granularity, return_weights=return_weights, out=out)
+        s_fresh, s_got = (fresh[0], got[0]) if return_weights else (fresh, got)
+        assert s_got is out
+        assert_same_bits(out, s_fresh)
+        if return_weights:
+            assert torch.equal(got[1], fresh[1])
+
+
+def test_out_of_the_wrong_kind_is_named() -> None:
+    adv = torch.randn(2, 5, 6)
+    cases = [
+        (torch.empty(5, 7), r"out has shape \(5, 7\) \(expected \(5, 6\)\)"),
+        (torch.empty(5, 6, dtype=torch.float64), r"dtype torch.float64 \(expected torch.float32"),
+        (torch.empty(5, 6, device="meta"), r"device meta \(expected cpu\)"),
+        (torch.empty(5, 6, requires_grad=True), "requires_grad=True"),
+    ]
+    for out, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pama_advantages(adv, out=out)
+    with pytest.raises(TypeError, match=r"out must be a torch\.Tensor"):
+        pama_advantages(adv, out=[0.0] * 30)  # type: ignore[arg-type]

@@ -149,3 +149,40 @@ def test_pareto_stationarity() -> None:
     assert pareto_stationarity(g) == pytest.approx(0.0)
     g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert pareto_stationarity([g[0], g[1]]) == pytest.approx(0.5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    cliprange=st.sampled_from([0.1, 0.2, 0.5]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    signs=st.sampled_from(["nonnegative", "mixed"]),
+)
+def test_multi_objective_clipped_form_is_the_per_objective_one(n, seed, cliprange, dtype, signs):
+    # ppo_losses_from_ratio takes min(uA, clip(u)A) as A min(u, clip(u)) (A >= 0) or
+    # A max(u, clip(u)) (A < 0), the min and max on u's shape: the same losses to the bit and
+    # the same n gradients w.r.t. u as the per-objective formula.
+    from paretoopt.losses import _clipped_objective, _clipped_objectives
+
+    gen = torch.Generator().manual_seed(seed)
+    u0 = torch.exp(0.4 * torch.randn(3, 7, generator=gen, dtype=dtype))
+    u0[0, :3] = torch.tensor([1 - cliprange, 1 + cliprange, 1.0], dtype=dtype)  # at the edges
+    adv = torch.randn(n, 3, 7, generator=gen, dtype=dtype)
+    adv[..., 0, 3] = 0.0
+    if signs == "nonnegative":
+        adv = adv.clamp_min(0)
+    grads = []
+    for form in ("per_objective", "shared"):
+        u = u0.clone().requires_grad_(True)
+        if form == "per_objective":
+            obj = _clipped_objective(u.unsqueeze(0), adv, cliprange)
+        else:
+            obj = _clipped_objectives(u, adv, cliprange, nonnegative=signs == "nonnegative")
+        losses = obj.mean(dim=(-2, -1))
+        rows = [torch.autograd.grad(loss, u, retain_graph=True)[0] for loss in losses]
+        grads.append((obj.detach(), torch.stack(rows)))
+    (obj_a, g_a), (obj_b, g_b) = grads
+    assert torch.equal(obj_a, obj_b)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(g_b, g_a, rtol=tol, atol=tol)

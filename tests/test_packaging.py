@@ -95,12 +95,15 @@ def test_no_tests_bench_or_stray_files(wheel: zipfile.ZipFile) -> None:
                 assert path.name not in shipped, f"{path.relative_to(REPO)} leaked into the wheel"
     for name in names:
         if ".dist-info/" not in name:
-            assert name.endswith((".py", "py.typed")) and "__pycache__" not in name, name
+            assert name.endswith((".py", "py.typed", "_closed_form.c")), name
+            assert "__pycache__" not in name, name
 
 
 def test_cli_and_its_files_are_in_the_wheel(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
     assert "paretoopt/py.typed" in names
+    # The closed form's C source, compiled at first use where a compiler is present.
+    assert "paretoopt/_closed_form.c" in names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     parser = configparser.ConfigParser()
     parser.read_string(wheel.read(entry_points).decode())

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from paretoopt import _native
+
 PROFILE_ENV = "PARETOOPT_BENCH_PROFILE"
 PROFILES = ("tiny", "quick", "full")
 THREADS_ENV = "PARETOOPT_BENCH_THREADS"
@@ -142,6 +144,7 @@ def machine_info() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "closed_form_cpu": _native.status(),
     }
 
 

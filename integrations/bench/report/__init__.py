@@ -62,6 +62,14 @@ def load_line(pb: dict[str, Any]) -> str:
     )
 
 
+def closed_form_path(status: str | None) -> str:
+    if status is None:
+        return "not recorded (before the compiled kernel)"
+    if status.startswith("compiled kernel"):
+        return "the compiled kernel (`paretoopt/_closed_form.c`)"
+    return f"the torch formulas ({status})"
+
+
 def machine_section(data: dict[str, Any]) -> str:
     mi = data.get("machine_info", {})
     pb = mi.get("paretoopt_bench", {})
@@ -75,6 +83,7 @@ def machine_section(data: dict[str, Any]) -> str:
             f"other jobs; torch {pb.get('torch_version', '?')}, {pb.get('torch_threads', '?')} "
             f"intra-op thread(s), BLAS threads {pb.get('blas_threads_env', '?')}; Python "
             f"{pb.get('python', '?')}.",
+            f"- The closed form on the CPU: {closed_form_path(pb.get('closed_form_cpu'))}.",
             f"- GPU: {gpu if gpu else 'none available in this run: every figure is CPU-only; the GPU rows of section 4 are a model with stated assumptions, not measurements'}.",  # noqa: E501
             "- The variants compared in a case are timed in the same rounds, in a fresh random "
             "order each round, after a warm-up round; tables give medians, ratios are medians of "
