@@ -5,7 +5,7 @@ Run from the repository root (one intra-op thread, as the suites)::
     OMP_NUM_THREADS=1 python bench/closed_form_passes.py
 
 Part 1: s* (``pama_advantages``, ``noon=False``: into a fresh result, and into a caller's
-``out=``), s* with the weights (``pama_closed_form``, no clipping; and
+``out=``), s* with the weights (``pama_closed_form``, no clipping, fresh and into ``out=``; and
 ``pama_advantages(..., return_weights=True)``, Noon clipping, the RL caller's path) over an
 n x N float32 input, against a copy of that input into a preallocated buffer, each by the
 compiled kernel (paretoopt/_closed_form.c, where it loads) and by the torch formulas
@@ -48,6 +48,8 @@ def weight_selection_case(n: int, size: int) -> str:
     }
     if n * size <= 8 * 10**7:
         variants["weights"] = lambda: pama_closed_form(a)
+        s_buf, w_buf = torch.empty(size), torch.empty(n, size)
+        variants["weights_out"] = lambda: pama_closed_form(a, out=(s_buf, w_buf))
         variants["weights_noon"] = lambda: pama_advantages(a, return_weights=True)
         variants["weights_torch"] = torch_formulas(lambda: pama_closed_form(a))
         variants["weights_noon_torch"] = torch_formulas(
@@ -57,8 +59,9 @@ def weight_selection_case(n: int, size: int) -> str:
     nan = float("nan")
     return (
         f"n={n} N={size:.0e}: s* {r['s_star']:.2f}x, into out= {r['s_star_out']:.2f}x "
-        f"(torch {r['s_star_torch']:.2f}x); s* + weights {r.get('weights', nan):.2f}x "
-        f"(torch {r.get('weights_torch', nan):.2f}x); Noon s* + weights "
+        f"(torch {r['s_star_torch']:.2f}x); s* + weights {r.get('weights', nan):.2f}x, "
+        f"into out= {r.get('weights_out', nan):.2f}x (torch {r.get('weights_torch', nan):.2f}x); "
+        "Noon s* + weights "
         f"{r.get('weights_noon', nan):.2f}x (torch {r.get('weights_noon_torch', nan):.2f}x)"
     )
 

@@ -171,22 +171,23 @@ static inline __attribute__((always_inline)) int PO_FN(po_closed_form2)(
         }
         return nan | bad;
     }
+    /* Without clipping, for x != y the weight on the larger objective is t and on the smaller
+     * 1 - t: t = 0 where s* is the min (min > 0, or min == 0: the zero is the min), 1 where
+     * it is the max (max < 0, or max == 0), lambda in mixed columns; 1 - t is then exactly the
+     * formula's 1 or 0 or 1 - lambda. A tie (x == y, zeros of both signs included) is one
+     * group of two: 0.5 each. */
     for (int64_t j = begin; j < end; j++) {
         const T x = r0[j], y = r1[j];
         const T mn = PO_MIN(x, y), mx = PO_MAX(x, y), d = mx - mn;
         nan |= PO_NAN2(x, y);
         bad |= !(d - d == 0);
-        const T s = PO_MAX(mn, (T)0) + PO_MIN(mx, (T)0);
-        const T ex = x == s ? (T)1 : (T)0, ey = y == s ? (T)1 : (T)0;
-        const T size = ex + ey;
-        const T inv = size > 1 ? (T)0.5 : (T)1;
+        s_out[j] = PO_MAX(mn, (T)0) + PO_MIN(mx, (T)0);
         T lam = -(mn / PO_MAX(d, (T)PO_TINY));
         lam = PO_MIN(PO_MAX(lam, (T)0), (T)1);
-        const T mixed_col = size == 0 ? (T)1 : (T)0;
-        const T c_min = ((T)1 - lam) * mixed_col, c_max = lam * mixed_col;
-        s_out[j] = s;
-        w0[j] = (x == s ? inv : (T)0) + (x == mn ? c_min : (T)0) + (x == mx ? c_max : (T)0);
-        w1[j] = (y == s ? inv : (T)0) + (y == mn ? c_min : (T)0) + (y == mx ? c_max : (T)0);
+        const T t = mn >= 0 ? (T)0 : mx <= 0 ? (T)1 : lam;
+        const T w_x = x > y ? t : (T)1 - t, w_y = x > y ? (T)1 - t : t;
+        w0[j] = x == y ? (T)0.5 : w_x;
+        w1[j] = x == y ? (T)0.5 : w_y;
     }
     return nan | bad;
 }

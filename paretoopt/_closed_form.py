@@ -218,7 +218,9 @@ def _s_star(a: Tensor, name: str, noon: bool = False, dest: Tensor | None = None
     return out.reshape(a.shape[1:])
 
 
-def _closed_form(a: Tensor, name: str, noon: bool = False) -> tuple[Tensor, Tensor]:
+def _closed_form(
+    a: Tensor, name: str, noon: bool = False, dest: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """s* and the simplex weights attaining it (see :func:`pama_closed_form` for the choice)
     over dim 0 of ``a`` ``[n, *shape]``; with ``noon``, of the clipped input max(a, 0).
 
@@ -228,14 +230,19 @@ def _closed_form(a: Tensor, name: str, noon: bool = False) -> tuple[Tensor, Tens
     where no objective equals s* (mixed strict signs, s* = 0 with no zero; never with
     ``noon``) are the min and max groups needed: their indicators, counts and shares
     (1 - lambda, lambda) are added for those columns alone, in blocks that have any. Every
-    weight is one exact term (a group's share over its count) plus exact zeros.
+    weight is one exact term (a group's share over its count) plus exact zeros. The compiled
+    kernel writes into ``dest`` (s* ``[*shape]``, weights ``[n, *shape]``) where both are
+    contiguous; the caller copies into it otherwise.
     """
     native = _native_flat(a)
     if native is not None:
         kernels, flat = native
         n, size = flat.shape
-        s_out = _fresh((size,), a.dtype, a.device)
-        weights = _fresh((n, size), a.dtype, a.device)  # float32/64: the weight dtype
+        if dest is not None and dest[0].is_contiguous() and dest[1].is_contiguous():
+            s_out, weights = dest[0].view(size), dest[1].view(n, size)
+        else:
+            s_out = _fresh((size,), a.dtype, a.device)
+            weights = _fresh((n, size), a.dtype, a.device)  # float32/64: the weight dtype
         if kernels.closed_form(flat, s_out, weights, noon, _native_weights_cols(flat)):
             check_finite(a, name, objective_dim=0)
         return s_out.reshape(a.shape[1:]), weights.reshape(a.shape)

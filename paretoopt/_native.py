@@ -200,16 +200,21 @@ class Kernels:
         threads = torch.get_num_threads()
         if threads <= 1 or n * size < PARALLEL_MIN_ELEMS:
             return [(0, size)]
+        # Whole blocks per thread, the same number of spans on every call of this thread count.
         per = -(-size // threads)
-        per = -(-per // cols) * cols  # whole blocks per thread
+        per = -(-per // cols) * cols
         return [(b, min(b + per, size)) for b in range(0, size, per)]
 
     def _run(self, calls: list) -> int:
         if len(calls) == 1:
             return calls[0]()
-        key = (os.getpid(), len(calls))  # a pool does not survive a fork
+        # One pool per process (threads do not survive a fork) and thread count; _spans
+        # makes at most that many calls.
+        key = (os.getpid(), max(torch.get_num_threads(), len(calls)))
         if self._pool is None or self._pool_key != key:
-            self._pool = concurrent.futures.ThreadPoolExecutor(len(calls), "paretoopt-cf")
+            if self._pool is not None and self._pool_key[0] == key[0]:
+                self._pool.shutdown(wait=False)
+            self._pool = concurrent.futures.ThreadPoolExecutor(key[1], "paretoopt-cf")
             self._pool_key = key
         bad = 0
         for result in self._pool.map(lambda f: f(), calls):

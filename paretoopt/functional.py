@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from . import _native
 from ._closed_form import _closed_form, _s_star, _weight_dtype
 from ._validation import stack_objectives
 from .min_norm import (
@@ -41,6 +42,7 @@ __all__ = [
     "MIN_NORM_METHODS",
     "MinNormMethod",
     "MinNormResult",
+    "closed_form_backend",
     "gram_matrix",
     "kkt_residual",
     "min_norm_weights",
@@ -57,7 +59,9 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def pama_closed_form(coefs: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
+def pama_closed_form(
+    coefs: Tensor, dim: int = 0, out: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Closed-form minimiser of :math:`(\sum_i c_i a_i)^2` over the simplex, element-wise.
 
     For scalars :math:`a_1..a_n` (one set per element, stacked along ``dim``), Theorem 1 of
@@ -82,6 +86,9 @@ def pama_closed_form(coefs: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     Args:
         coefs: tensor ``[n, *shape]`` (objectives along ``dim``).
         dim: the objective dimension.
+        out: optional ``(s_star, weights)`` tensors of the shapes and dtypes below, on
+            ``coefs``' device, to hold the results (returned). For tens of millions of
+            elements fresh results cost about as much as the closed form itself.
 
     Returns:
         ``(s_star, weights)``: ``s_star`` has the shape of ``coefs`` without ``dim`` and the
@@ -97,8 +104,62 @@ def pama_closed_form(coefs: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     a = coefs.movedim(dim, 0)
     if a.shape[0] == 0:
         raise ValueError("coefs has no objectives (size 0 along the objective dimension)")
-    s_star, weights = _closed_form(a, "coefs")
-    return s_star, weights.movedim(0, dim)
+    if out is None:
+        s_star, weights = _closed_form(a, "coefs")
+        return s_star, weights.movedim(0, dim)
+    s_dest, w_dest = _check_closed_form_out(out, coefs, dim)
+    w_first = w_dest.movedim(dim, 0)
+    s_star, weights = _closed_form(a, "coefs", dest=(s_dest, w_first))
+    if s_star.data_ptr() != s_dest.data_ptr():  # the kernel wrote into contiguous outs
+        s_dest.copy_(s_star)
+    if weights.data_ptr() != w_first.data_ptr():
+        w_first.copy_(weights)
+    return s_dest, w_dest
+
+
+def _check_closed_form_out(
+    out: tuple[Tensor, Tensor], coefs: Tensor, dim: int
+) -> tuple[Tensor, Tensor]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("out must be a pair of tensors (s_star, weights) or None")
+    expected = (
+        ("s_star", tuple(coefs.movedim(dim, 0).shape[1:]), coefs.dtype),
+        ("weights", tuple(coefs.shape), _weight_dtype(coefs.dtype)),
+    )
+    for tensor, (what, shape, dtype) in zip(out, expected, strict=True):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"out's {what} must be a torch.Tensor, got {type(tensor).__name__}")
+        _check_dest(tensor, f"out's {what}", shape, dtype, coefs.device)
+    return out[0], out[1]
+
+
+def _check_dest(
+    t: Tensor, what: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> None:
+    problems = []
+    if tuple(t.shape) != shape:
+        problems.append(f"shape {tuple(t.shape)} (expected {shape})")
+    if t.dtype != dtype:
+        problems.append(f"dtype {t.dtype} (expected {dtype})")
+    if t.device != device:
+        problems.append(f"device {t.device} (expected {device})")
+    if t.requires_grad:
+        problems.append("requires_grad=True")
+    if problems:
+        raise ValueError(f"{what} has " + ", ".join(problems))
+
+
+def closed_form_backend() -> str:
+    """Which path computes the closed form on the CPU, and why.
+
+    ``"compiled kernel: PATH"`` when ``paretoopt/_closed_form.c`` was compiled (once, at first
+    use, with the system's C compiler, into ``~/.cache/paretoopt`` or
+    ``$PARETOOPT_CACHE_DIR``) and passed its check against the formulas; otherwise
+    ``"off: REASON"`` (no compiler, a failed build, ``PARETOOPT_NATIVE=0``) and torch
+    operations compute the same values, more slowly. GPU tensors always take torch
+    operations.
+    """
+    return _native.status()
 
 
 def noon_clip(advantages: Tensor) -> Tensor:
@@ -140,20 +201,12 @@ def _check_out(out: Tensor | None, adv: Tensor) -> None:
         return
     if not isinstance(out, Tensor):
         raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
-    problems = []
-    if tuple(out.shape) != tuple(adv.shape[1:]):
-        problems.append(f"shape {tuple(out.shape)} (expected {tuple(adv.shape[1:])})")
-    if out.dtype != adv.dtype:
-        problems.append(f"dtype {out.dtype} (expected {adv.dtype})")
-    if out.device != adv.device:
-        problems.append(f"device {out.device} (expected {adv.device})")
-    if out.requires_grad:
-        problems.append("requires_grad=True")
-    if problems:
+    try:
+        _check_dest(out, "out", tuple(adv.shape[1:]), adv.dtype, adv.device)
+    except ValueError as err:
         raise ValueError(
-            "out has " + ", ".join(problems) + ": it receives s*, one value per "
-            "element of one objective's advantages"
-        )
+            f"{err}: it receives s*, one value per element of one objective's advantages"
+        ) from None
 
 
 def pama_advantages(

@@ -519,3 +519,37 @@ def test_out_of_the_wrong_kind_is_named() -> None:
             pama_advantages(adv, out=out)
     with pytest.raises(TypeError, match=r"out must be a torch\.Tensor"):
         pama_advantages(adv, out=[0.0] * 30)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dim", [0, 1, -1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_closed_form_out_receives_exactly_the_fresh_result(
+    path: str, dim: int, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(4, 3, 40, generator=gen).to(dtype).movedim(0, dim)
+    a[(slice(None),) * (dim % 3) + (0,)] = 0.0  # zeros: a zero group in some columns
+    with small_blocks(path):
+        s_fresh, w_fresh = pama_closed_form(a, dim=dim)
+        s_out = torch.full_like(s_fresh, 7.0)
+        w_out = torch.full_like(w_fresh, 7.0)
+        s_got, w_got = pama_closed_form(a, dim=dim, out=(s_out, w_out))
+    assert s_got is s_out and w_got is w_out
+    assert_same_bits(s_out, s_fresh)
+    assert_same_bits(w_out, w_fresh)
+
+
+def test_closed_form_out_of_the_wrong_kind_is_named() -> None:
+    a = torch.randn(3, 8)
+    s, w = torch.empty(8), torch.empty(3, 8)
+    cases = [
+        ((torch.empty(9), w), r"out's s_star has shape \(9,\) \(expected \(8,\)\)"),
+        ((s, torch.empty(3, 8, dtype=torch.float64)), r"out's weights has dtype torch\.float64"),
+        ((s, torch.empty(3, 8, requires_grad=True)), "requires_grad=True"),
+    ]
+    for out, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pama_closed_form(a, out=out)
+    with pytest.raises(TypeError, match="pair of tensors"):
+        pama_closed_form(a, out=s)  # type: ignore[arg-type]

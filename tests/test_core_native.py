@@ -142,3 +142,10 @@ def test_autograd_and_half_inputs_keep_the_torch_path() -> None:
         cf_impl._s_star(a, "a")
         pama_closed_form(torch.randn(3, 40, dtype=torch.bfloat16))
     assert not k.s_star.called and not k.closed_form.called
+
+
+def test_the_backend_is_reported_publicly(fresh_loader: Path, monkeypatch) -> None:
+    from paretoopt.functional import closed_form_backend
+
+    monkeypatch.setenv(native.ENV_SWITCH, "off")
+    assert closed_form_backend() == f"off: {native.ENV_SWITCH}=off"
