@@ -116,6 +116,21 @@ def _native_flat(a: Tensor) -> tuple[_native.Kernels, Tensor] | None:
     return (kernels, flat) if kernels.supports(flat) else None
 
 
+def _span(t: Tensor) -> tuple[int, int]:
+    """The bytes ``t`` can touch: [first, last) addresses."""
+    if t.numel() == 0:
+        return (t.data_ptr(), t.data_ptr())
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return (t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size())
+
+
+def _overlap(x: Tensor, y: Tensor) -> bool:
+    """Whether ``x`` and ``y`` may share memory (the kernel's pointers are ``restrict``: a
+    caller's ``out=`` that overlaps the input is written by a copy instead)."""
+    (a0, a1), (b0, b1) = _span(x), _span(y)
+    return a0 < b1 and b0 < a1
+
+
 def _native_s_star_cols(flat: Tensor) -> int:
     few = flat.shape[0] <= _NATIVE_FEW_OBJECTIVES
     return (_NATIVE_S_STAR_BYTES_FEW if few else _NATIVE_S_STAR_BYTES_MANY) // flat.element_size()
@@ -172,7 +187,7 @@ def _s_star(a: Tensor, name: str, noon: bool = False, dest: Tensor | None = None
     native = _native_flat(a)
     if native is not None:
         kernels, flat = native
-        direct = dest is not None and dest.is_contiguous()
+        direct = dest is not None and dest.is_contiguous() and not _overlap(dest, flat)
         out = dest.view(-1) if direct else _fresh((flat.shape[1],), a.dtype, a.device)
         if kernels.s_star(flat, out, noon, _native_s_star_cols(flat)):
             check_finite(a, name, objective_dim=0)
@@ -238,7 +253,11 @@ def _closed_form(
     if native is not None:
         kernels, flat = native
         n, size = flat.shape
-        if dest is not None and dest[0].is_contiguous() and dest[1].is_contiguous():
+        if (
+            dest is not None
+            and all(d.is_contiguous() and not _overlap(d, flat) for d in dest)
+            and not _overlap(dest[0], dest[1])
+        ):
             s_out, weights = dest[0].view(size), dest[1].view(n, size)
         else:
             s_out = _fresh((size,), a.dtype, a.device)

@@ -553,3 +553,23 @@ def test_closed_form_out_of_the_wrong_kind_is_named() -> None:
             pama_closed_form(a, out=out)
     with pytest.raises(TypeError, match="pair of tensors"):
         pama_closed_form(a, out=s)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_out_may_be_the_input_itself(path: str) -> None:
+    # out= over the input's own memory (in place): the same values as into fresh tensors.
+    gen = torch.Generator().manual_seed(11)
+    for n in (2, 3, 9):
+        a = torch.randn(n, 300, generator=gen)
+        a[:, :40] = 0.0
+        s_ref = pama_advantages(a, noon=False)
+        sw_ref = pama_closed_form(a)
+        with small_blocks(path):
+            x = a.clone()
+            got = pama_advantages(x, noon=False, out=x[n - 1])
+            assert got is not None
+            assert_same_bits(x[n - 1], s_ref)
+            y = torch.cat([a, a.new_zeros(1, 300)])
+            s_out, w_out = pama_closed_form(y[:n], out=(y[n], y[:n]))
+            assert_same_bits(s_out, sw_ref[0])
+            assert_same_bits(w_out, sw_ref[1])
