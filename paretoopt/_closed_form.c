@@ -182,7 +182,11 @@ static inline __attribute__((always_inline)) int PO_FN(po_closed_form2)(
         nan |= PO_NAN2(x, y);
         bad |= !(d - d == 0);
         s_out[j] = PO_MAX(mn, (T)0) + PO_MIN(mx, (T)0);
-        T lam = -(mn / PO_MAX(d, (T)PO_TINY));
+        /* max - min overflows only for values near the type's max: then the halves. */
+        const int over = d > (T)PO_BIG;
+        const T num = over ? mn * (T)0.5 : mn;
+        const T den = over ? mx * (T)0.5 - mn * (T)0.5 : PO_MAX(d, (T)PO_TINY);
+        T lam = -(num / den);
         lam = PO_MIN(PO_MAX(lam, (T)0), (T)1);
         const T t = mn >= 0 ? (T)0 : mx <= 0 ? (T)1 : lam;
         const T w_x = x > y ? t : (T)1 - t, w_y = x > y ? (T)1 - t : t;
@@ -282,8 +286,13 @@ PARETOOPT_CLONES int PO_FN(paretoopt_closed_form)(const T *restrict a, int64_t n
          * min) clamped to [0, 1]; each group uniform over its ties. The shares are multiplied
          * by 1 in mixed columns and 0 elsewhere: no branch, so the loop vectorises. */
         for (int64_t j = 0; j < w; j++) {
-            const T d = PO_MAX(mx[j] - mn[j], (T)PO_TINY);
-            T lam = -(mn[j] / d);
+            /* max - min overflows only for values near the type's max: -(min / 2) / (max / 2
+             * - min / 2) is then the same lambda, exactly computable. */
+            const T diff = mx[j] - mn[j];
+            const int over = diff > (T)PO_BIG;
+            const T num = over ? mn[j] * (T)0.5 : mn[j];
+            const T den = over ? mx[j] * (T)0.5 - mn[j] * (T)0.5 : PO_MAX(diff, (T)PO_TINY);
+            T lam = -(num / den);
             lam = PO_MIN(PO_MAX(lam, (T)0), (T)1);
             const T mixed_col = cnt[j] == 0 ? (T)1 : (T)0;
             if (ties) {

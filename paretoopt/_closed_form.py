@@ -308,7 +308,13 @@ def _closed_form(
         # in [0, 1]; (-x) / y and -(x / y) round alike. Each group uniform over its ties.
         mnf, mxf = mn.to(wd), mx.to(wd)
         torch.sub(mxf, mnf, out=lam).clamp_min_(tiny)
-        torch.div(mnf, lam, out=lam).neg_().clamp_(0, 1)
+        over = torch.isinf(lam)  # max - min overflowed: values near the dtype's max
+        torch.div(mnf, lam, out=lam).neg_()
+        if bool(over.any()):
+            # -(min / 2) / (max / 2 - min / 2) is the same lambda, and computable there.
+            halves = (mnf * 0.5).div_(mxf * 0.5 - mnf * 0.5).neg_()
+            lam.copy_(torch.where(over, halves, lam))
+        lam.clamp_(0, 1)
         at = at_buf[:, :width]
         torch.eq(block, mn, out=at)
         torch.sub(1, lam, out=c_min).div_(torch.sum(at, 0, out=n_ext)).mul_(mixed)

@@ -315,7 +315,10 @@ def reference_closed_form(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     is_min, is_max, is_zero = (a == mn).to(wd), (a == mx).to(wd), (a == 0).to(wd)
     n_min, n_max, n_zero = is_min.sum(0), is_max.sum(0), is_zero.sum(0)
     all_pos, all_neg, has_zero = mn > 0, mx < 0, n_zero > 0
-    lam = (-mnf / (mxf - mnf).clamp_min(torch.finfo(wd).tiny)).clamp(0, 1)
+    d = (mxf - mnf).clamp_min(torch.finfo(wd).tiny)
+    # max - min overflows near the dtype's max: the halves give the same lambda there.
+    halves = -(mnf * 0.5) / (mxf * 0.5 - mnf * 0.5)
+    lam = torch.where(torch.isinf(d), halves, -mnf / d).clamp(0, 1)
     mixed = ~(all_pos | all_neg | has_zero)
     share_min = torch.where(all_pos, 1.0, torch.where(mixed, 1 - lam, 0.0)).to(wd)
     share_max = torch.where(all_neg, 1.0, torch.where(mixed, lam, 0.0)).to(wd)
@@ -573,3 +576,22 @@ def test_out_may_be_the_input_itself(path: str) -> None:
             s_out, w_out = pama_closed_form(y[:n], out=(y[n], y[:n]))
             assert_same_bits(s_out, sw_ref[0])
             assert_same_bits(w_out, sw_ref[1])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 3, 9])
+def test_weights_attain_s_star_near_the_dtype_max(path: str, dtype: torch.dtype, n: int) -> None:
+    # Mixed signs whose max - min overflows: the weights must still cancel to s* = 0.
+    big = torch.finfo(dtype).max
+    cols = torch.tensor(
+        [[1.0, -1.0], [0.9, -0.5], [-1.0, 0.3], [1.0, -0.99], [0.6, -0.7]], dtype=torch.float64
+    ).T  # [2, 5], in units of the dtype's max
+    rows = [cols[i % 2] * (1 - 0.01 * (i // 2)) for i in range(n)]
+    a = (torch.stack(rows) * big).to(dtype)
+    with small_blocks(path):
+        s_star, weights = pama_closed_form(a)
+    assert torch.all(s_star == 0)
+    assert torch.allclose(weights.double().sum(0), torch.ones(5, dtype=torch.float64))
+    residual = (weights.double() * (a.double() / big)).sum(0)  # sum_i w_i a_i / max
+    assert residual.abs().max() <= 1e-6, residual
