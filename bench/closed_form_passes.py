@@ -9,7 +9,8 @@ Part 1: s* (``pama_advantages``, ``noon=False``: into a fresh result, and into a
 ``pama_advantages(..., return_weights=True)``, Noon clipping, the RL caller's path) over an
 n x N float32 input, against a copy of that input into a preallocated buffer, each by the
 compiled kernel (paretoopt/_closed_form.c, where it loads) and by the torch formulas
-(``PARETOOPT_NATIVE=0``'s path), in the same interleaved rounds. Part 2: the full training
+(``PARETOOPT_NATIVE=0``'s path), in the same interleaved rounds; then the kernel's calls split
+over two threads against one (and against a copy on as many). Part 2: the full training
 update of the suite ``full_step`` (gpt2-100k) with the generic PAMA combiner, its n gradients
 batched or one backward each, as ratios to the linear update. docs/benchmarks.md quotes both.
 """
@@ -66,6 +67,38 @@ def weight_selection_case(n: int, size: int) -> str:
     )
 
 
+def threads_case(n: int, size: int, threads: int) -> str:
+    """The kernel split over ``threads`` threads (by columns) against the same calls on one,
+    and each against a copy on as many threads, in the same rounds."""
+    a = torch.randn(n, size, generator=torch.Generator().manual_seed(n))
+    dst, out = torch.empty_like(a), torch.empty(size)
+    s_buf, w_buf = torch.empty(size), torch.empty(n, size)
+
+    def on(k: int, fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            torch.set_num_threads(k)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(1)
+
+        return run
+
+    variants = {}
+    for k in (1, threads):
+        variants[f"copy{k}"] = on(k, lambda: dst.copy_(a))
+        variants[f"s{k}"] = on(k, lambda: pama_advantages(a, noon=False, out=out))
+        variants[f"w{k}"] = on(k, lambda: pama_closed_form(a, out=(s_buf, w_buf)))
+    r = run_interleaved(variants, 5, baseline="copy1", target_s=3.0)["ratio"]
+    k = threads
+    return (
+        f"n={n} N={size:.0e}, {k} threads: s* {r[f's{k}'] / r[f'copy{k}']:.2f}x a copy on {k} "
+        f"(one thread: {r['s1']:.2f}x), {r['s1'] / r[f's{k}']:.2f}x faster; s* + weights "
+        f"{r[f'w{k}'] / r[f'copy{k}']:.2f}x (one thread: {r['w1']:.2f}x), "
+        f"{r['w1'] / r[f'w{k}']:.2f}x faster"
+    )
+
+
 def generic_combiner_case(n: int) -> str:
     sb = StepBench("gpt2-100k", n, (4, 32))
     looped = PAMA()
@@ -94,6 +127,9 @@ if __name__ == "__main__":
         for n in (2, 4, 8, 16, 64):
             if n * size <= 16 * 10**7:
                 print(weight_selection_case(n, size), flush=True)
+    print("the kernel on two threads (into out=)")
+    for n, size in ((2, 10**7), (8, 10**7), (8, 10**6)):
+        print(threads_case(n, size, 2), flush=True)
     print("gpt2-100k, generic PAMA combiner: full update / linear update (same rounds)")
     for n in (2, 8, 32):
         print(generic_combiner_case(n), flush=True)
