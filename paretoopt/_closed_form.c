@@ -3,9 +3,10 @@
  *
  * paretoopt compiles this file at first use when a C compiler is present (see
  * paretoopt/_native.py) and otherwise computes the same values with torch operations
- * (paretoopt/functional.py). The results are those of the torch formulas bit for bit, apart
+ * (paretoopt/_closed_form.py). The results are those of the torch formulas bit for bit, apart
  * from the sign of a zero s*: no fused multiply-add (-ffp-contract=off), no fast-math, every
- * value is one IEEE operation of the formula in the element type.
+ * value is one IEEE operation of the formula in the element type. This file includes itself
+ * once per element type (float, double), so it is compiled by its full path.
  *
  * Both kernels take the columns [begin, end) in blocks of `cols` columns. Per block the rows
  * are folded into a running min and max eight at a time (eight read streams, the running

@@ -26,9 +26,10 @@ def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# On the CPU the extrema are folded over the objectives one block of columns at a time: the
-# running min and max and the row being folded in stay in cache while the input streams from
-# memory once, and no N-sized temporary is allocated (a fresh N-sized tensor costs page faults
+# The torch formulas (where the compiled kernel does not run). On the CPU the extrema are
+# folded over the objectives one block of columns at a time: the running min and max and the
+# row being folded in stay in cache while the input streams from memory once, and no N-sized
+# temporary is allocated (a fresh N-sized tensor costs page faults
 # comparable to the reduction itself). ``amin(0)``/``amax(0)`` over a short leading dimension
 # are far from bandwidth-bound there, and ``aminmax``/``argmin`` over dim 0 slower still. The
 # weights of a block are computed from the block while it is in cache.
