@@ -135,24 +135,36 @@ def kernels() -> Kernels | None:
         return None
 
 
+def _library_path(cc: list[str], cache: Path) -> Path:
+    """The library's name: a hash of the source, the compiler and the flags."""
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), repr((cc, FLAGS, sys.platform, platform.machine()))):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    return cache / f"closed_form-{key.hexdigest()[:16]}.so"
+
+
 def _load() -> Kernels:
     if not SOURCE.is_file():
         raise RuntimeError(f"{SOURCE.name} is missing from the installed package")
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr((cc, FLAGS, sys.platform, platform.machine()))):
-        key.update(part if isinstance(part, bytes) else part.encode())
     cache = _cache_dir()
     refusal = _private_dir(cache)
     if refusal:
         raise RuntimeError(refusal)
-    lib_path = cache / f"closed_form-{key.hexdigest()[:16]}.so"
+    lib_path = _library_path(cc, cache)
     with _lock:
         if not lib_path.is_file():
             _build(cc, lib_path)
-    loaded = Kernels(ctypes.CDLL(str(lib_path)))
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError:
+        # A damaged cached library (a full disk, an interrupted copy): built again, once.
+        with _lock:
+            _build(cc, lib_path)
+        lib = ctypes.CDLL(str(lib_path))
+    loaded = Kernels(lib)
     _self_test(loaded)
     _state["status"] = f"compiled kernel: {lib_path}"
     return loaded

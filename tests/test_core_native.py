@@ -149,3 +149,14 @@ def test_the_backend_is_reported_publicly(fresh_loader: Path, monkeypatch) -> No
 
     monkeypatch.setenv(native.ENV_SWITCH, "off")
     assert closed_form_backend() == f"off: {native.ENV_SWITCH}=off"
+
+
+@needs_kernel
+def test_a_damaged_cached_library_is_built_again(fresh_loader: Path) -> None:
+    # A library file that does not load (never one this process has mapped: builds replace
+    # the file, they do not write into it).
+    fresh_loader.mkdir(mode=0o700, parents=True)
+    lib = native._library_path(native._compiler(), fresh_loader)
+    lib.write_bytes(b"not a shared library")
+    assert native.kernels() is not None, native.status()
+    assert lib.read_bytes() != b"not a shared library"
