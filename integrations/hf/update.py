@@ -146,7 +146,7 @@ def policy_loss(
         kwargs["shared"] = out["hidden_full"]
     elif requires == "params":
         kwargs["params"] = [p for p in setup.policy.parameters() if p.requires_grad]
-    result = combiner(list(losses.unbind(0)), **kwargs)
+    result = combiner(losses, **kwargs)  # one [n] tensor: the batched backward starts from it
     stats = {
         _named_key(setup.reward_names, k): float(v)
         for k, v in (result.stats or {}).items()
