@@ -235,31 +235,25 @@ class Kernels:
 
     def s_star(self, a: Tensor, out: Tensor, noon: bool, cols: int) -> bool:
         """s* of ``a`` ``[n, N]`` into ``out`` ``[N]``; True if an input may be non-finite."""
-        n, size = a.shape
-        fn = self._fns[a.dtype][0]
-        cols = max(1, min(cols, MAX_COLS))
-        ptr, stride, optr = a.data_ptr(), a.stride(0), out.data_ptr()
-        calls = [
-            functools.partial(fn, ptr, n, stride, b, e, cols, optr, int(noon))
-            for b, e in self._spans(n, size, cols)
-        ]
-        return self._check(self._run(calls))
+        return self._launch(0, a, cols, (out.data_ptr(), int(noon)))
 
     def closed_form(self, a: Tensor, s_out: Tensor, weights: Tensor, noon: bool, cols: int) -> bool:
         """s* into ``s_out`` ``[N]`` and the weights into ``weights`` ``[n, N]`` (contiguous,
         ``a``'s dtype); True if an input may be non-finite."""
+        outs = (s_out.data_ptr(), weights.data_ptr(), weights.stride(0), int(noon))
+        return self._launch(1, a, cols, outs)
+
+    def _launch(self, which: int, a: Tensor, cols: int, outs: tuple[int, ...]) -> bool:
+        """Kernel ``which`` (0: s*, 1: with weights) over ``a``'s columns, split by _spans;
+        both take (a, n, row stride, begin, end, cols, *outs)."""
         n, size = a.shape
-        fn = self._fns[a.dtype][1]
+        fn = self._fns[a.dtype][which]
         cols = max(1, min(cols, MAX_COLS))
         args = (a.data_ptr(), n, a.stride(0))
-        outs = (s_out.data_ptr(), weights.data_ptr(), weights.stride(0), int(noon))
         calls = [
             functools.partial(fn, *args, b, e, cols, *outs) for b, e in self._spans(n, size, cols)
         ]
-        return self._check(self._run(calls))
-
-    @staticmethod
-    def _check(code: int) -> bool:
+        code = self._run(calls)
         if code < 0:
             raise RuntimeError("closed-form kernel: block size out of range")
         return code != 0
